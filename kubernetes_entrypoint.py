@@ -1,0 +1,1128 @@
+#!/usr/bin/python3
+"""kubernetes-entrypoint: wait until a container's Kubernetes dependencies are met, then exec its command.
+
+It reads DEPENDENCY_* variables (services, containers, daemonsets, jobs, pods, custom resources,
+sockets, config templates), asks the API server with the pod's service-account token until every
+one is met, and replaces itself with COMMAND (same PID, same environment).
+
+The file reads top to bottom: logging, configuration (pure parsing), API access, one check per
+kind, the kinds table, the waiting engine, and main/exec. Standard library only, Python 3.8+.
+"""
+
+import errno
+import json
+import os
+import re
+import signal
+import socket
+import stat
+import string
+import sys
+import time
+import types
+
+__version__ = "0.1.0"
+
+DEFAULT_SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+DEFAULT_CONFIGMAPS_DIR = "/configmaps"
+POLL_INTERVAL = 2.0          # seconds between rounds, as the original (ENTRYPOINT_POLL_INTERVAL)
+REQUEST_TIMEOUT = 10.0       # seconds for any one API request
+TOKEN_REREAD_AFTER = 60.0    # the kubelet rotates the token; reread it at least this often
+
+
+# --------------------------------------------------------------------------------------------
+# Logging: one place writes every line, so the format cannot drift.
+# --------------------------------------------------------------------------------------------
+
+def log(level, message):
+    """Write `Entrypoint LEVEL: YYYY/MM/DD HH:MM:SS message`; errors to stderr, the rest to stdout."""
+    stream = sys.stderr if level == "ERROR" else sys.stdout
+    stamp = time.strftime("%Y/%m/%d %H:%M:%S")
+    stream.write("Entrypoint %s: %s %s\n" % (level, stamp, message))
+    stream.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration: pure functions from the environment to a list of dependencies.
+# --------------------------------------------------------------------------------------------
+
+class ConfigError(Exception):
+    """A setting the operator must fix; main prints it as one line naming the variable, exit 2."""
+
+    def __init__(self, variable, problem):
+        super().__init__("%s: %s" % (variable, problem))
+        self.variable = variable
+
+
+class Dependency(types.SimpleNamespace):
+    """One thing to wait for.
+
+    Every dependency has `label` (how logs name it) and `needs_api`; parse_dependencies adds the
+    `variable` it came from and its kind's `check`. The other attributes are what that check reads
+    (namespace, name, labels, pod_name, path, ...).
+    """
+
+    def __str__(self):
+        return self.label
+
+
+# Names of Kubernetes objects are DNS subdomains; namespaces and containers DNS labels. A name
+# outside these rules can never exist, so waiting for it would hang silently.
+OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+LABEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class Settings(types.SimpleNamespace):
+    """What every parser may need besides its own variable: base namespace, pod, directories."""
+
+
+def read_settings(env):
+    """Collect the non-dependency variables; NAMESPACE falls back to the service account's namespace."""
+    sa_dir = env.get("ENTRYPOINT_SERVICEACCOUNT_DIR") or DEFAULT_SERVICEACCOUNT_DIR
+    namespace = env.get("NAMESPACE", "").strip()
+    if not namespace:
+        try:
+            with open(os.path.join(sa_dir, "namespace")) as f:
+                namespace = f.read().strip()
+        except OSError:
+            namespace = ""
+    return Settings(
+        namespace=namespace or "default",
+        pod_name=env.get("POD_NAME", "").strip(),
+        interface=env.get("INTERFACE_NAME", "").strip(),
+        serviceaccount_dir=sa_dir,
+        configmaps_dir=env.get("ENTRYPOINT_CONFIGMAPS_DIR") or DEFAULT_CONFIGMAPS_DIR,
+        poll_interval=positive_seconds(env, "ENTRYPOINT_POLL_INTERVAL", POLL_INTERVAL),
+    )
+
+
+def positive_seconds(env, variable, default):
+    value = env.get(variable, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(variable, "%r is not a positive number of seconds" % value)
+    return seconds
+
+
+def split_list(value):
+    """Comma-separated items, whitespace trimmed, empty items (a trailing comma) skipped."""
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def check_name(variable, name, what="name", pattern=OBJECT_NAME):
+    if not pattern.match(name):
+        raise ConfigError(variable, "%r is not a valid Kubernetes %s" % (name, what))
+    return name
+
+
+def split_namespaced(variable, item, base_namespace):
+    """`namespace:name` or `name` (in the base namespace); anything else is an error."""
+    parts = item.split(":")
+    if len(parts) == 1:
+        return base_namespace, check_name(variable, item)
+    if len(parts) > 2:
+        raise ConfigError(variable, "%r has more than one colon (want namespace:name)" % item)
+    namespace, name = parts[0].strip(), parts[1].strip()
+    if not namespace:
+        raise ConfigError(variable, "%r has an empty namespace (want namespace:name)" % item)
+    if not name:
+        raise ConfigError(variable, "%r has an empty name (want namespace:name)" % item)
+    return check_name(variable, namespace, "namespace", LABEL_NAME), check_name(variable, name)
+
+
+def without_namespace(variable, item):
+    """CONTAINER, SOCKET and CONFIG items are local to this pod: a namespace makes no sense."""
+    if ":" in item:
+        raise ConfigError(variable, "%r: this kind takes no namespace (no colon allowed)" % item)
+    return item
+
+
+def require_pod_name(variable, settings):
+    if not settings.pod_name:
+        raise ConfigError("POD_NAME", "not set, but %s needs it to find this pod "
+                                      "(set it from the downward API: metadata.name)" % variable)
+    return settings.pod_name
+
+
+def go_map(labels):
+    """Labels as the original prints them (Go's map formatting), so log greps keep matching."""
+    return "map[%s]" % " ".join("%s:%s" % (k, labels[k]) for k in sorted(labels))
+
+
+def selector_from_labels(labels):
+    """A label selector string requiring every key=value pair."""
+    return ",".join("%s=%s" % (k, labels[k]) for k in sorted(labels))
+
+
+# JSON variables ---------------------------------------------------------------------------
+
+def parse_json_list(variable, value):
+    try:
+        entries = json.loads(value)
+    except ValueError as e:
+        raise ConfigError(variable, "invalid JSON (%s)" % e)
+    if not isinstance(entries, list):
+        raise ConfigError(variable, "expected a JSON list of objects, got %s" % type(entries).__name__)
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise ConfigError(variable, "expected a JSON list of objects, found %s" % json.dumps(entry))
+    return entries
+
+
+def json_string(variable, entry, key, required=False):
+    value = entry.get(key)
+    if value is None or value == "":
+        if required:
+            raise ConfigError(variable, "entry %s has no %r" % (json.dumps(entry), key))
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(variable, "%r must be a string in %s" % (key, json.dumps(entry)))
+    return value.strip()
+
+
+def json_labels(variable, entry, required):
+    labels = entry.get("labels")
+    if labels is None:
+        if required:
+            raise ConfigError(variable, "entry %s has no 'labels'" % json.dumps(entry))
+        return None
+    if not isinstance(labels, dict) or not labels:
+        raise ConfigError(variable, "'labels' must be a non-empty object (an empty one matches "
+                                    "everything) in %s" % json.dumps(entry))
+    for key, val in labels.items():
+        if not isinstance(val, str):
+            raise ConfigError(variable, "label %r must have a string value in %s"
+                              % (key, json.dumps(entry)))
+    return labels
+
+
+def json_namespace(variable, entry, settings):
+    namespace = json_string(variable, entry, "namespace")
+    if namespace is None:
+        return settings.namespace
+    return check_name(variable, namespace, "namespace", LABEL_NAME)
+
+
+# One parser per kind: (variable, value, settings) -> [Dependency] --------------------------
+
+def parse_services(variable, value, settings):
+    deps = []
+    for item in split_list(value):
+        namespace, name = split_namespaced(variable, item, settings.namespace)
+        deps.append(Dependency(needs_api=True, namespace=namespace, name=name,
+                               label="Service %s in namespace %s" % (name, namespace)))
+    return deps
+
+
+def parse_containers(variable, value, settings):
+    names = [check_name(variable, without_namespace(variable, item), "container name", LABEL_NAME)
+             for item in split_list(value)]
+    pod_name = require_pod_name(variable, settings) if names else None
+    return [Dependency(needs_api=True, name=name, namespace=settings.namespace,
+                       pod_name=pod_name, label="Container %s" % name) for name in names]
+
+
+def parse_daemonsets(variable, value, settings):
+    items = split_list(value)
+    pod_name = require_pod_name(variable, settings) if items else None
+    deps = []
+    for item in items:
+        namespace, name = split_namespaced(variable, item, settings.namespace)
+        deps.append(Dependency(needs_api=True, namespace=namespace, name=name,
+                               pod_name=pod_name, pod_namespace=settings.namespace,
+                               label="Daemonset %s in namespace %s" % (name, namespace)))
+    return deps
+
+
+def job_dependency(namespace, name=None, labels=None):
+    if name:
+        label = "Job %s in namespace %s" % (name, namespace)
+    else:
+        label = "Jobs with labels %s in namespace %s" % (go_map(labels), namespace)
+    return Dependency(needs_api=True, namespace=namespace, name=name,
+                      labels=labels, label=label)
+
+
+def parse_jobs(variable, value, settings):
+    return [job_dependency(*split_namespaced(variable, item, settings.namespace))
+            for item in split_list(value)]
+
+
+def parse_jobs_json(variable, value, settings):
+    deps = []
+    for entry in parse_json_list(variable, value):
+        name = json_string(variable, entry, "name")
+        labels = json_labels(variable, entry, required=False)
+        if name and labels:
+            raise ConfigError(variable, "give 'name' or 'labels', not both, in %s" % json.dumps(entry))
+        if not name and not labels:
+            raise ConfigError(variable, "entry %s has neither 'name' nor 'labels'" % json.dumps(entry))
+        if name:
+            check_name(variable, name)
+        deps.append(job_dependency(json_namespace(variable, entry, settings), name, labels))
+    return deps
+
+
+def parse_pods_json(variable, value, settings):
+    deps = []
+    for entry in parse_json_list(variable, value):
+        labels = json_labels(variable, entry, required=True)
+        namespace = json_namespace(variable, entry, settings)
+        same_node = entry.get("requireSameNode", False)
+        if not isinstance(same_node, bool):
+            raise ConfigError(variable, "'requireSameNode' must be true or false in %s"
+                              % json.dumps(entry))
+        deps.append(Dependency(
+            needs_api=True, namespace=namespace, labels=labels,
+            require_same_node=same_node,
+            pod_name=require_pod_name(variable, settings) if same_node else None,
+            pod_namespace=settings.namespace,
+            label="Pod on same host with labels %s in namespace %s" % (go_map(labels), namespace)))
+    return deps
+
+
+def json_pairs(variable, entry, key, first, second, second_default=None):
+    """A list of {first: str, second: scalar} objects, e.g. fields [{key, value}]."""
+    items = entry.get(key) or []
+    if not isinstance(items, list):
+        raise ConfigError(variable, "%r must be a list in %s" % (key, json.dumps(entry)))
+    pairs = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get(first), str) or not item[first]:
+            raise ConfigError(variable, "each of %r needs a string %r, got %s"
+                              % (key, first, json.dumps(item)))
+        want = item.get(second, second_default)
+        if want is None or isinstance(want, (dict, list)):
+            raise ConfigError(variable, "each of %r needs a %r, got %s"
+                              % (key, second, json.dumps(item)))
+        pairs.append((item[first], want if isinstance(want, str) else json.dumps(want)))
+    return pairs
+
+
+def parse_custom_resources(variable, value, settings):
+    deps = []
+    for entry in parse_json_list(variable, value):
+        api_version = json_string(variable, entry, "apiVersion", required=True)
+        kind = json_string(variable, entry, "kind", required=True)
+        name = check_name(variable, json_string(variable, entry, "name", required=True))
+        if api_version.count("/") > 1:
+            raise ConfigError(variable, "apiVersion %r is not group/version or v1" % api_version)
+        namespace = json_namespace(variable, entry, settings)
+        deps.append(Dependency(
+            needs_api=True, api_version=api_version, resource_kind=kind,
+            name=name, namespace=namespace,
+            fields=json_pairs(variable, entry, "fields", "key", "value"),
+            conditions=json_pairs(variable, entry, "conditions", "type", "status", "True"),
+            label="%s %s in namespace %s" % (kind, name, namespace)))
+    return deps
+
+
+def parse_sockets(variable, value, settings):
+    return [Dependency(needs_api=False, path=without_namespace(variable, item),
+                       label="Socket %s" % item) for item in split_list(value)]
+
+
+# CONFIG: templates rendered once, before waiting -----------------------------------------
+
+class ConfigTemplate(string.Template):
+    """`{{ .IP }}` placeholders (the Go template syntax users already have in ConfigMaps)."""
+    flags = 0  # case-sensitive, as Go templates are
+    pattern = r"""
+        \{\{ \s* (?:
+            \. (?P<named>[A-Za-z_][A-Za-z0-9_]*) \s* \}\}
+          | (?P<braced>(?!)) | (?P<escaped>(?!))
+          | (?P<invalid>)
+        )
+    """
+
+
+TEMPLATE_VALUES = ("IP", "HOSTNAME", "IP_ERLANG")
+
+
+def render_template(variable, source, text, values):
+    """Substitute the known placeholders; anything else inside {{ }} is an error naming it."""
+    for match in ConfigTemplate.pattern.finditer(text):
+        name = match.group("named")
+        if name not in values:
+            start = match.start()
+            end = text.find("}}", start)
+            placeholder = text[start:end + 2] if end >= 0 else text[start:start + 20]
+            line = text.count("\n", 0, start) + 1
+            raise ConfigError(variable, "unknown placeholder %s in %s line %d (known: %s)"
+                              % (placeholder, source, line,
+                                 ", ".join("{{ .%s }}" % v for v in TEMPLATE_VALUES)))
+    return ConfigTemplate(text).substitute(values)
+
+
+SIOCGIFADDR = 0x8915
+
+
+def ipv4_address(interface):
+    """The interface's first IPv4 address by ioctl, or None when it has none."""
+    import fcntl
+    import struct
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            answer = fcntl.ioctl(sock.fileno(), SIOCGIFADDR,
+                                 struct.pack("256s", interface.encode()[:15]))
+        except OSError as e:
+            if e.errno == errno.EADDRNOTAVAIL:
+                return None
+            raise
+    return socket.inet_ntoa(answer[20:24])
+
+
+def ipv6_global_address(if_inet6_text, interface):
+    """The interface's global IPv6 address from /proc/net/if_inet6 text, as 32 hex digits, or None."""
+    for line in if_inet6_text.splitlines():
+        fields = line.split()
+        if len(fields) == 6 and fields[5] == interface and fields[3] == "00":
+            return fields[0]
+    return None
+
+
+def template_values(interface):
+    """IP, HOSTNAME and IP_ERLANG for INTERFACE_NAME: IPv4 if it has one, else its global IPv6."""
+    if not interface:
+        raise ConfigError("INTERFACE_NAME", "not set, but DEPENDENCY_CONFIG needs it to template {{ .IP }}")
+    try:
+        socket.if_nametoindex(interface)
+        ip = ipv4_address(interface)
+    except OSError:
+        raise ConfigError("INTERFACE_NAME", "there is no network interface named %r" % interface)
+    if ip is not None:
+        erlang = ip.replace(".", ",")
+    else:
+        try:
+            with open("/proc/net/if_inet6") as f:
+                hex_address = ipv6_global_address(f.read(), interface)
+        except OSError:
+            hex_address = None
+        if hex_address is None:
+            raise ConfigError("INTERFACE_NAME", "interface %r has no IPv4 or global IPv6 address"
+                              % interface)
+        ip, erlang = ipv6_forms(hex_address)
+    return {"IP": ip, "HOSTNAME": socket.gethostname(), "IP_ERLANG": erlang}
+
+
+def ipv6_forms(hex_address):
+    """(text form, Erlang tuple form: the eight 16-bit groups in decimal) of a 32-hex-digit address."""
+    text = socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hex_address))
+    erlang = ",".join(str(int(hex_address[i:i + 4], 16)) for i in range(0, 32, 4))
+    return text, erlang
+
+
+def parse_configs(variable, value, settings):
+    destinations = [without_namespace(variable, item) for item in split_list(value)]
+    if not destinations:
+        return []
+    values = template_values(settings.interface)
+    deps = []
+    for destination in destinations:
+        base = os.path.basename(destination)
+        if not base:
+            raise ConfigError(variable, "%r does not name a file" % destination)
+        source = os.path.join(settings.configmaps_dir, base, base)
+        try:
+            with open(source) as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError(variable, "cannot read template %s for %s: %s"
+                              % (source, destination, e.strerror or e))
+        deps.append(Dependency(needs_api=False, path=destination,
+                               content=render_template(variable, source, text, values),
+                               label="Config %s" % destination))
+    return deps
+
+
+# --------------------------------------------------------------------------------------------
+# API access: one keep-alive HTTPS connection, the service-account token, JSON answers.
+# --------------------------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """A request that did not give an answer: `status` is the HTTP code, or None when none came."""
+
+    def __init__(self, status, message, reason=""):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+    def __str__(self):
+        if self.status is None:
+            return self.message
+        return "%d %s: %s" % (self.status, self.reason or "error", self.message)
+
+
+class TokenFile:
+    """The service-account token, reread every minute (the kubelet rotates it) and on demand."""
+
+    def __init__(self, path, clock=time.monotonic):
+        self.path = path
+        self.clock = clock
+        self.value = None
+        self.read_at = None
+        self.refresh(required=True)
+
+    def refresh(self, required=False):
+        try:
+            with open(self.path) as f:
+                value = f.read().strip()
+        except OSError as e:
+            value, problem = "", e.strerror
+        else:
+            problem = "the file is empty"
+        if value:
+            self.value = value
+            self.read_at = self.clock()
+        elif required:
+            raise ConfigError("ENTRYPOINT_SERVICEACCOUNT_DIR",
+                              "cannot read the service-account token %s: %s" % (self.path, problem))
+
+    def current(self):
+        if self.clock() - self.read_at >= TOKEN_REREAD_AFTER:
+            self.refresh()
+        return self.value
+
+
+def api_server_url(env, variable_hint):
+    """https://host:port from the in-cluster variables (an IPv6 host goes in brackets)."""
+    host = env.get("KUBERNETES_SERVICE_HOST", "").strip()
+    port = env.get("KUBERNETES_SERVICE_PORT", "").strip()
+    for name, value in (("KUBERNETES_SERVICE_HOST", host), ("KUBERNETES_SERVICE_PORT", port)):
+        if not value:
+            raise ConfigError(name, "not set, but %s needs the Kubernetes API "
+                                    "(Kubernetes sets it in every pod)" % variable_hint)
+    if ":" in host and not host.startswith("["):
+        host = "[%s]" % host
+    return "https://%s:%s" % (host, port)
+
+
+class ApiClient:
+    """GET requests to the API server, answered as parsed JSON or an ApiError."""
+
+    def __init__(self, server_url, serviceaccount_dir, timeout=REQUEST_TIMEOUT):
+        import http.client
+        import ssl
+        import urllib.parse
+        self._http = http.client
+        self._quote = urllib.parse.quote
+        self._urlencode = urllib.parse.urlencode
+        ca_path = os.path.join(serviceaccount_dir, "ca.crt")
+        try:
+            context = ssl.create_default_context(cafile=ca_path)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError("ENTRYPOINT_SERVICEACCOUNT_DIR",
+                              "cannot load the API server's CA %s (%s); refusing to connect unverified"
+                              % (ca_path, getattr(e, "strerror", None) or e))
+        self.token = TokenFile(os.path.join(serviceaccount_dir, "token"))
+        url = urllib.parse.urlsplit(server_url)
+        self._host, self._port = url.hostname, url.port or 443
+        self._context = context
+        self._timeout = timeout
+        self._connection = None
+
+    def path(self, group_version, resource, namespace=None, name=None):
+        """The URL path of a collection or object; the one place URLs are built."""
+        parts = ["/api/v1" if group_version == "v1" else "/apis/" + group_version]
+        if namespace:
+            parts += ["namespaces", self._quote(namespace, safe="")]
+        if resource:
+            parts.append(resource)
+        if name:
+            parts.append(self._quote(name, safe=""))
+        return "/".join(parts)
+
+    def get(self, path, query=None):
+        if query:
+            path += "?" + self._urlencode(query)
+        status, body = self._request(path)
+        if status == 401:
+            self.token.refresh()
+            status, body = self._request(path)
+        try:
+            answer = json.loads(body.decode("utf-8")) if body else {}
+        except ValueError:
+            answer = None
+        if status == 200 and isinstance(answer, dict):
+            return answer
+        if status == 200:
+            raise ApiError(None, "malformed answer from the API server for %s" % path)
+        answer = answer if isinstance(answer, dict) else {}
+        raise ApiError(status, answer.get("message") or body[:200].decode("utf-8", "replace"),
+                       answer.get("reason") or "")
+
+    def _request(self, path):
+        """One GET on the kept-alive connection; a connection the server closed is reopened once."""
+        headers = {"Authorization": "Bearer " + self.token.current(), "Accept": "application/json",
+                   "User-Agent": "kubernetes-entrypoint/" + __version__}
+        for attempt in (1, 2):
+            reused = self._connection is not None
+            if not reused:
+                self._connection = self._http.HTTPSConnection(
+                    self._host, self._port, context=self._context, timeout=self._timeout)
+            try:
+                self._connection.request("GET", path, headers=headers)
+                response = self._connection.getresponse()
+                body = response.read()
+            except (OSError, self._http.HTTPException) as e:
+                self.close()
+                if reused and attempt == 1 and isinstance(
+                        e, (self._http.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
+                    continue
+                raise ApiError(None, "cannot reach the API server: %s" % (str(e) or type(e).__name__))
+            if response.will_close:
+                self.close()
+            return response.status, body
+
+    def close(self):
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+def kind_of_resource(group_version, resource):
+    """`endpointslices.discovery.k8s.io`, `pods`: how RBAC rules and messages name a resource."""
+    group = group_version.rpartition("/")[0]
+    return "%s.%s" % (resource, group) if group else resource
+
+
+class ApiReader:
+    """What the checks read: get, list and discovery, each answer shared by all checks of a round.
+
+    A get of a missing object is None. A refused request (403) is logged once, naming the verb and
+    resource the Role lacks, and raised like any other ApiError.
+    """
+
+    def __init__(self, client):
+        self.client = client
+        self.round_answers = {}
+        self.discovered = {}
+        self.refusals_logged = set()
+
+    def start_round(self):
+        self.round_answers = {}
+
+    def _ask(self, verb, group_version, resource, namespace, name=None, query=None):
+        key = (verb, group_version, resource, namespace, name, tuple(sorted((query or {}).items())))
+        if key not in self.round_answers:
+            try:
+                path = self.client.path(group_version, resource, namespace, name)
+                self.round_answers[key] = self.client.get(path, query)
+            except ApiError as e:
+                if e.status == 403:
+                    self._log_refusal(verb, group_version, resource, namespace, e)
+                self.round_answers[key] = e
+        answer = self.round_answers[key]
+        if isinstance(answer, ApiError):
+            raise answer
+        return answer
+
+    def _log_refusal(self, verb, group_version, resource, namespace, error):
+        refused = (verb, group_version, resource, namespace)
+        if refused not in self.refusals_logged:
+            self.refusals_logged.add(refused)
+            where = " in namespace %s" % namespace if namespace else ""
+            log("WARNING", "API refused %s %s%s (403): the Role needs %r on %s"
+                % (verb, kind_of_resource(group_version, resource), where, verb, resource))
+
+    def get(self, group_version, resource, namespace, name):
+        try:
+            return self._ask("get", group_version, resource, namespace, name)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list(self, group_version, resource, namespace, labels=None, fields=None):
+        query = {}
+        if labels:
+            query["labelSelector"] = labels
+        if fields:
+            query["fieldSelector"] = fields
+        answer = self._ask("list", group_version, resource, namespace, query=query)
+        return answer.get("items") or []
+
+    def discover(self, group_version):
+        """The resources served under a group/version, or [] while it is not served (yet)."""
+        if group_version not in self.discovered:
+            try:
+                answer = self._ask("get", group_version, None, None)
+            except ApiError as e:
+                if e.status == 404:
+                    return []
+                raise
+            self.discovered[group_version] = answer.get("resources") or []
+        return self.discovered[group_version]
+
+
+# --------------------------------------------------------------------------------------------
+# Checks: one plain function per kind, (dependency, read) -> Verdict. No I/O but `read`.
+# --------------------------------------------------------------------------------------------
+
+class Verdict(types.SimpleNamespace):
+    """Met, or not met with a reason a human can act on."""
+
+
+MET = Verdict(met=True, reason="")
+
+
+def not_met(reason):
+    return Verdict(met=False, reason=reason)
+
+
+def dig(obj, *keys):
+    """obj[k1][k2]... or None where any step is missing or not a mapping/list."""
+    for key in keys:
+        if isinstance(obj, dict):
+            obj = obj.get(key)
+        elif isinstance(obj, list) and isinstance(key, int) and -len(obj) <= key < len(obj):
+            obj = obj[key]
+        else:
+            return None
+    return obj
+
+
+def is_pod_ready(pod):
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in dig(pod, "status", "conditions") or [] if isinstance(c, dict))
+
+
+def this_pod_node(dep, read):
+    """The node this pod runs on (spec.nodeName): set once the pod is scheduled, never changed."""
+    pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name)
+    if pod is None:
+        return None, not_met("this pod %s is not found in namespace %s (check POD_NAME and NAMESPACE)"
+                             % (dep.pod_name, dep.pod_namespace))
+    node = dig(pod, "spec", "nodeName")
+    if not node:
+        return None, not_met("this pod %s is not scheduled to a node yet" % dep.pod_name)
+    return node, None
+
+
+def check_service(dep, read):
+    """Some endpoint has an address and is ready; EndpointSlices first, the Endpoints object as fallback."""
+    try:
+        slices = read.list("discovery.k8s.io/v1", "endpointslices", dep.namespace,
+                           labels="kubernetes.io/service-name=" + dep.name)
+    except ApiError as e:
+        if e.status not in (403, 404):
+            raise
+        slices = []
+    if slices:
+        endpoints = [e for s in slices for e in s.get("endpoints") or [] if isinstance(e, dict)]
+        ready = sum(1 for e in endpoints
+                    if e.get("addresses") and dig(e, "conditions", "ready") is not False)
+        return MET if ready else not_met("0 of %d endpoints ready" % len(endpoints))
+    endpoints = read.get("v1", "endpoints", dep.namespace, dep.name)
+    if endpoints is None:
+        return not_met("no endpoints yet (is the Service created?)")
+    subsets = [s for s in endpoints.get("subsets") or [] if isinstance(s, dict)]
+    ready = sum(len(s.get("addresses") or []) for s in subsets)
+    total = ready + sum(len(s.get("notReadyAddresses") or []) for s in subsets)
+    return MET if ready else not_met("0 of %d endpoints ready" % total)
+
+
+def check_container(dep, read):
+    """This pod's container `name` (app container or native sidecar) reports ready."""
+    pod = read.get("v1", "pods", dep.namespace, dep.pod_name)
+    if pod is None:
+        return not_met("this pod %s is not found in namespace %s (check POD_NAME and NAMESPACE)"
+                       % (dep.pod_name, dep.namespace))
+    declared = [c.get("name") for key in ("containers", "initContainers")
+                for c in dig(pod, "spec", key) or [] if isinstance(c, dict)]
+    if dep.name not in declared:
+        raise ConfigError("DEPENDENCY_CONTAINER", "pod %s has no container %r (it has: %s)"
+                          % (dep.pod_name, dep.name, ", ".join(map(str, declared))))
+    for key in ("containerStatuses", "initContainerStatuses"):
+        for status in dig(pod, "status", key) or []:
+            if isinstance(status, dict) and status.get("name") == dep.name:
+                return MET if status.get("ready") is True else not_met("container is not ready")
+    return not_met("container has no status yet")
+
+
+def selector_from_label_selector(selector):
+    """A LabelSelector (matchLabels + matchExpressions) as a label selector string."""
+    requirements = [selector_from_labels(selector.get("matchLabels") or {})]
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key"), expression.get("operator")
+        values = ",".join(expression.get("values") or [])
+        requirements.append({"In": "%s in (%s)" % (key, values),
+                             "NotIn": "%s notin (%s)" % (key, values),
+                             "Exists": key,
+                             "DoesNotExist": "!" + key}.get(operator, ""))
+    return ",".join(r for r in requirements if r)
+
+
+def check_daemonset(dep, read):
+    """A pod of the DaemonSet on this node is Ready, or the DaemonSet has no pod on this node."""
+    daemonset = read.get("apps/v1", "daemonsets", dep.namespace, dep.name)
+    if daemonset is None:
+        return not_met("daemonset not found")
+    node, problem = this_pod_node(dep, read)
+    if problem:
+        return problem
+    selector = selector_from_label_selector(dig(daemonset, "spec", "selector") or {})
+    pods = read.list("v1", "pods", dep.namespace, labels=selector, fields="spec.nodeName=" + node)
+    if not pods or any(is_pod_ready(p) for p in pods):
+        return MET
+    return not_met("pod %s on node %s is not ready"
+                   % (", ".join(dig(p, "metadata", "name") or "?" for p in pods), node))
+
+
+def job_state(job):
+    status = job.get("status") or {}
+    failed_for_good = any(c.get("type") == "Failed" and c.get("status") == "True"
+                          for c in status.get("conditions") or [] if isinstance(c, dict))
+    return "not succeeded (%d active, %d failed%s)" % (
+        status.get("active") or 0, status.get("failed") or 0,
+        "; failed for good, waiting for it to be re-run" if failed_for_good else "")
+
+
+def check_jobs(dep, read):
+    """Every Job named, or every Job with the labels (at least one), has succeeded at least once."""
+    if dep.name:
+        job = read.get("batch/v1", "jobs", dep.namespace, dep.name)
+        if job is None:
+            return not_met("job not found (deleted, or not created yet)")
+        jobs = [job]
+    else:
+        jobs = read.list("batch/v1", "jobs", dep.namespace, labels=selector_from_labels(dep.labels))
+        if not jobs:
+            return not_met("no job matches the labels")
+    pending = [j for j in jobs if not (dig(j, "status", "succeeded") or 0) >= 1]
+    if not pending:
+        return MET
+    if dep.name:
+        return not_met(job_state(pending[0]))
+    return not_met("; ".join("job %s %s" % (dig(j, "metadata", "name"), job_state(j))
+                             for j in pending))
+
+
+def check_pods(dep, read):
+    """At least one pod with the labels is Ready (on this node when requireSameNode)."""
+    fields, where = None, ""
+    if dep.require_same_node:
+        node, problem = this_pod_node(dep, read)
+        if problem:
+            return problem
+        fields, where = "spec.nodeName=" + node, " on node %s" % node
+    pods = read.list("v1", "pods", dep.namespace, labels=selector_from_labels(dep.labels),
+                     fields=fields)
+    if any(is_pod_ready(p) for p in pods):
+        return MET
+    if not pods:
+        return not_met("found no pods%s matching the labels" % where)
+    return not_met("found %d pods%s, but none ready" % (len(pods), where))
+
+
+def field_text(value):
+    """A field's value as the string the operator wrote: strings as they are, the rest as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def check_custom_resource(dep, read):
+    """The object exists (kind found by discovery), with every field value and condition wanted."""
+    served = [r for r in read.discover(dep.api_version)
+              if r.get("kind") == dep.resource_kind and "/" not in r.get("name", "/")]
+    if not served:
+        return not_met("the API server does not serve kind %s in %s (yet)"
+                       % (dep.resource_kind, dep.api_version))
+    resource = served[0]
+    namespace = dep.namespace if resource.get("namespaced") else None
+    obj = read.get(dep.api_version, resource["name"], namespace, dep.name)
+    if obj is None:
+        return not_met("not found")
+    for key, want in dep.fields:
+        path = [int(k) if k.isdigit() else k for k in key.split(".")]
+        value = dig(obj, *path)
+        if value is None:
+            return not_met("field %s is missing, want %r" % (key, want))
+        if field_text(value) != want:
+            return not_met("field %s is %r, want %r" % (key, field_text(value), want))
+    conditions = [c for c in dig(obj, "status", "conditions") or [] if isinstance(c, dict)]
+    for kind, want in dep.conditions:
+        found = [c.get("status") for c in conditions if c.get("type") == kind]
+        if not found:
+            return not_met("no condition %s yet, want %r" % (kind, want))
+        if found[0] != want:
+            return not_met("condition %s is %r, want %r" % (kind, found[0], want))
+    return MET
+
+
+def check_socket(dep, read):
+    """The path exists and this process may read it."""
+    try:
+        os.stat(dep.path)
+    except OSError as e:
+        return not_met(e.strerror or str(e))
+    if not os.access(dep.path, os.R_OK):
+        return not_met("exists, but is not readable by uid %d" % os.getuid())
+    return MET
+
+
+def write_file_atomically(path, content):
+    """Write via a temporary file renamed over `path`, so no reader sees half a file.
+
+    Keeps an existing file's mode (else 0644). A single-file mount cannot be renamed over (EBUSY);
+    there the file is written in place.
+    """
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o644
+    data = content.encode("utf-8")
+    temporary = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except OSError as e:
+        os.unlink(temporary)
+        if e.errno != errno.EBUSY:
+            raise
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+def check_config(dep, read):
+    """The rendered template is written to its destination (retried while it cannot be)."""
+    try:
+        write_file_atomically(dep.path, dep.content)
+    except OSError as e:
+        return not_met("cannot write: %s" % (e.strerror or e))
+    return MET
+
+
+# --------------------------------------------------------------------------------------------
+# The kinds table: one row per DEPENDENCY_* variable.
+# --------------------------------------------------------------------------------------------
+
+class Kind(types.SimpleNamespace):
+    """A DEPENDENCY_* variable: how its value parses, how its dependencies are checked."""
+
+
+KINDS = [
+    Kind(variable="DEPENDENCY_SERVICE", parse=parse_services, check=check_service,
+         example="[ns:]service,..."),
+    Kind(variable="DEPENDENCY_CONTAINER", parse=parse_containers, check=check_container,
+         example="container,... (needs POD_NAME)"),
+    Kind(variable="DEPENDENCY_DAEMONSET", parse=parse_daemonsets, check=check_daemonset,
+         example="[ns:]daemonset,... (needs POD_NAME)"),
+    Kind(variable="DEPENDENCY_JOBS", parse=parse_jobs, check=check_jobs,
+         example="[ns:]job,..."),
+    Kind(variable="DEPENDENCY_JOBS_JSON", parse=parse_jobs_json, check=check_jobs,
+         example='[{"name": ...} or {"labels": {...}}, "namespace": ...]'),
+    Kind(variable="DEPENDENCY_POD_JSON", parse=parse_pods_json, check=check_pods,
+         example='[{"labels": {...}, "namespace": ..., "requireSameNode": bool}]'),
+    Kind(variable="DEPENDENCY_CUSTOM_RESOURCE", parse=parse_custom_resources,
+         check=check_custom_resource,
+         example='[{"apiVersion", "kind", "name", "namespace", "fields", "conditions"}]'),
+    Kind(variable="DEPENDENCY_SOCKET", parse=parse_sockets, check=check_socket,
+         example="path,..."),
+    Kind(variable="DEPENDENCY_CONFIG", parse=parse_configs, check=check_config,
+         example="destination path,... (needs INTERFACE_NAME)"),
+]
+VARIABLES = [kind.variable for kind in KINDS]
+
+
+def reject_unknown_variables(env):
+    """A non-empty DEPENDENCY_* variable that no kind reads is a typo, never silently ignored."""
+    for variable in sorted(env):
+        if variable.startswith("DEPENDENCY_") and variable not in VARIABLES and env[variable].strip():
+            import difflib
+            prefix = len("DEPENDENCY_")  # shared by all, so compare what follows it
+            close = difflib.get_close_matches(variable[prefix:], [v[prefix:] for v in VARIABLES],
+                                              n=1, cutoff=0.6)
+            hint = ("did you mean DEPENDENCY_%s?" % close[0] if close
+                    else "valid: %s" % ", ".join(VARIABLES))
+            raise ConfigError(variable, "not a dependency kind; %s" % hint)
+
+
+def parse_dependencies(env, settings):
+    """Every dependency the environment names, in table order; ConfigError on the first mistake."""
+    reject_unknown_variables(env)
+    skip = set()
+    if env.get("DEPENDENCY_JOBS_JSON", "").strip() and env.get("DEPENDENCY_JOBS", "").strip():
+        log("WARNING", "both DEPENDENCY_JOBS and DEPENDENCY_JOBS_JSON are set: using DEPENDENCY_JOBS_JSON")
+        skip.add("DEPENDENCY_JOBS")
+    dependencies = []
+    for kind in KINDS:
+        value = env.get(kind.variable, "")
+        if kind.variable not in skip and value.strip():
+            for dep in kind.parse(kind.variable, value, settings):
+                dep.variable, dep.check = kind.variable, kind.check
+                dependencies.append(dep)
+    return dependencies
+
+
+def split_command(value):
+    """COMMAND split on runs of whitespace; no shell, no quoting."""
+    return value.split()
+
+
+# --------------------------------------------------------------------------------------------
+# The waiting engine: ask every unmet dependency each round until all are met.
+# --------------------------------------------------------------------------------------------
+
+def evaluate(dependency, read):
+    """Run the dependency's check; an API failure is a reason to wait, not a crash."""
+    try:
+        return dependency.check(dependency, read)
+    except ApiError as e:
+        return not_met(str(e))
+
+
+def wait_until_met(dependencies, read, interval=POLL_INTERVAL, sleep=time.sleep):
+    """Poll until every dependency is met; return at once when the last one is, without sleeping."""
+    for dep in dependencies:
+        log("INFO", "Resolving %s" % dep)
+    pending = list(dependencies)
+    reasons = {}
+    while True:
+        if read is not None:
+            read.start_round()
+        still_pending = []
+        for dep in pending:
+            verdict = evaluate(dep, read)
+            if verdict.met:
+                log("INFO", "Dependency %s is resolved." % dep)
+                continue
+            if reasons.get(id(dep)) != verdict.reason:
+                reasons[id(dep)] = verdict.reason
+                log("WARNING", "Resolving dependency %s failed: %s ." % (dep, verdict.reason))
+            still_pending.append(dep)
+        pending = still_pending
+        if not pending:
+            return
+        sleep(interval)
+
+
+# --------------------------------------------------------------------------------------------
+# main: parse, check the command, wait, exec.
+# --------------------------------------------------------------------------------------------
+
+class Stop(Exception):
+    """Raised by a signal handler so a wait ends at once, from whatever call it is in."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def on_stop_signal(signum, frame):
+    raise Stop(signum)
+
+
+class CommandError(Exception):
+    """The command cannot run: exit 127 (not found) or 126 (not executable), as a shell does."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+
+
+IN_PROCESS_COMMANDS = {"true", "/bin/true", "/usr/bin/true", "echo", "/bin/echo", "/usr/bin/echo"}
+
+
+def find_command(argv, path_variable):
+    """The executable argv[0] names (PATH lookup), or None for a true/echo answered in-process."""
+    name = argv[0]
+    if "/" in name:
+        candidates = [name]
+    else:
+        candidates = [os.path.join(d or ".", name) for d in path_variable.split(os.pathsep)]
+    not_executable = None
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return candidate
+            not_executable = not_executable or candidate
+    if name in IN_PROCESS_COMMANDS:
+        return None
+    if not_executable:
+        raise CommandError(126, "COMMAND: %s is not executable" % not_executable)
+    raise CommandError(127, "COMMAND: %s: command not found%s"
+                       % (name, "" if "/" in name else " in PATH=%s" % path_variable))
+
+
+def run_in_process(argv):
+    """`true` and `echo` for images without coreutils (distroless)."""
+    if os.path.basename(argv[0]) == "echo":
+        sys.stdout.write(" ".join(argv[1:]) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def restore_signals():
+    """Hand the command default signal dispositions and an empty mask (ignored signals survive exec)."""
+    for name in ("SIGPIPE", "SIGXFSZ", "SIGTERM", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def exec_command(argv, executable):
+    """Replace this process with the command; only returns (an exit code) when that is impossible."""
+    if executable is None:
+        return run_in_process(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    restore_signals()
+    try:
+        os.execv(executable, argv)
+    except OSError as e:
+        log("ERROR", "COMMAND: cannot execute %s: %s" % (executable, e.strerror or e))
+        return 127 if e.errno == errno.ENOENT else 126
+
+
+def prepare(env):
+    """Everything that can fail before waiting: settings, dependencies, reader or None, argv, executable."""
+    settings = read_settings(env)
+    dependencies = parse_dependencies(env, settings)
+    argv = split_command(env.get("COMMAND", ""))
+    executable = find_command(argv, env.get("PATH", os.defpath)) if argv else None
+    reader = None
+    api_variables = [d.variable for d in dependencies if d.needs_api]
+    if api_variables:
+        url = api_server_url(env, api_variables[0])
+        reader = ApiReader(ApiClient(url, settings.serviceaccount_dir))
+    return settings, dependencies, reader, argv, executable
+
+
+def main(env=None):
+    env = os.environ if env is None else env
+    signal.signal(signal.SIGTERM, on_stop_signal)
+    signal.signal(signal.SIGINT, on_stop_signal)
+    try:
+        settings, dependencies, reader, argv, executable = prepare(env)
+        wait_until_met(dependencies, reader, settings.poll_interval)
+    except ConfigError as e:
+        log("ERROR", str(e))
+        return 2
+    except CommandError as e:
+        log("ERROR", str(e))
+        return e.code
+    except Stop as stop:
+        log("ERROR", "stopped by signal %d while waiting; the command was not run" % stop.signum)
+        return 128 + stop.signum
+    if not argv:
+        log("WARNING", "COMMAND env is empty")
+        return 0
+    return exec_command(argv, executable)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
