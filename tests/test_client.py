@@ -1,0 +1,180 @@
+"""API access and the waiting engine, in-process against the fake HTTPS API server."""
+
+import shutil
+import time
+
+import pytest
+import trustme
+
+import fakeapi as k8s
+import kubernetes_entrypoint as ke
+
+
+def client_for(api, **kwargs):
+    return ke.ApiClient(api.url, str(api.sa_dir), **kwargs)
+
+
+def test_get_list_and_one_kept_alive_connection(api):
+    api.put(k8s.pod("me", labels={"app": "x"}))
+    api.put(k8s.pod("other", labels={"app": "y"}))
+    read = ke.ApiReader(client_for(api))
+    assert read.get("v1", "pods", "default", "me")["metadata"]["name"] == "me"
+    assert read.get("v1", "pods", "default", "missing") is None
+    assert [p["metadata"]["name"] for p in read.list("v1", "pods", "default", labels="app=x")] == ["me"]
+    assert read.list("v1", "pods", "elsewhere") == []
+    assert api.connections == 1
+
+
+def test_token_reread_after_401(api):
+    client = client_for(api)
+    client.get("/api/v1")
+    api.rotate_token()
+    api.revoke_old_tokens()  # the old token is refused from now on
+    assert client.get("/api/v1")["kind"] == "APIResourceList"
+    statuses = [r.status for r in api.requests]
+    assert statuses == [200, 401, 200]
+
+
+def test_token_reread_every_minute(tmp_path):
+    path = tmp_path / "token"
+    path.write_text("first\n")
+    now = [100.0]
+    token = ke.TokenFile(str(path), clock=lambda: now[0])
+    path.write_text("second")
+    now[0] += 59
+    assert token.current() == "first"
+    now[0] += 2
+    assert token.current() == "second"
+    path.write_text("")  # a failed reread keeps the token it had
+    now[0] += 61
+    assert token.current() == "second"
+
+
+def test_refused_token_is_an_api_error_not_a_crash(api):
+    client = client_for(api)
+    (api.sa_dir / "token").write_text("stolen")
+    client.token.refresh()
+    with pytest.raises(ke.ApiError) as caught:
+        client.get("/api/v1")
+    assert caught.value.status == 401
+
+
+def test_server_verified_against_the_serviceaccount_ca(api, tmp_path):
+    other = tmp_path / "other-sa"
+    shutil.copytree(str(api.sa_dir), str(other))
+    trustme.CA().cert_pem.write_to_path(str(other / "ca.crt"))
+    client = ke.ApiClient(api.url, str(other))
+    with pytest.raises(ke.ApiError) as caught:
+        client.get("/api/v1")
+    assert caught.value.status is None and "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    assert api.requests == []  # nothing was sent, not even the token
+
+
+def test_missing_ca_is_a_configuration_error(api):
+    (api.sa_dir / "ca.crt").unlink()
+    with pytest.raises(ke.ConfigError) as caught:
+        client_for(api)
+    assert "ca.crt" in str(caught.value)
+
+
+def test_every_request_has_a_timeout(api):
+    client = client_for(api, timeout=0.5)
+    api.inject(hang=5)
+    start = time.monotonic()
+    with pytest.raises(ke.ApiError) as caught:
+        client.get("/api/v1")
+    assert time.monotonic() - start < 3
+    assert caught.value.status is None
+    assert client.get("/api/v1")["kind"] == "APIResourceList"  # and it recovers
+
+
+def test_connection_closed_by_the_server_is_reopened(api):
+    client = client_for(api)
+    client.get("/api/v1")
+    api.inject(reset=True)
+    assert client.get("/api/v1")["kind"] == "APIResourceList"
+    assert api.connections == 2
+
+
+def test_errors_carry_the_status_message(api):
+    client = client_for(api)
+    api.inject(status=500)
+    with pytest.raises(ke.ApiError) as caught:
+        client.get("/api/v1")
+    assert caught.value.status == 500
+    api.inject(status=200, body=b'{"kind":')
+    with pytest.raises(ke.ApiError) as caught:
+        client.get("/api/v1")
+    assert "malformed" in str(caught.value)
+    with pytest.raises(ke.ApiError) as caught:
+        client.get(client.path("v1", "pods", "default", "nope"))
+    assert caught.value.status == 404 and 'pods "nope" not found' in str(caught.value)
+
+
+def test_paths():
+    client = ke.ApiClient.__new__(ke.ApiClient)
+    import urllib.parse
+    client._quote = urllib.parse.quote
+    assert client.path("v1", "pods", "ns", "p") == "/api/v1/namespaces/ns/pods/p"
+    assert client.path("apps/v1", "daemonsets", "ns") == "/apis/apps/v1/namespaces/ns/daemonsets"
+    assert client.path("example.com/v1", "gadgets", None, "g") == "/apis/example.com/v1/gadgets/g"
+    assert client.path("example.com/v1", None) == "/apis/example.com/v1"
+
+
+def test_ipv6_host_in_brackets():
+    env = {"KUBERNETES_SERVICE_HOST": "fd00::1", "KUBERNETES_SERVICE_PORT": "443"}
+    assert ke.api_server_url(env, "DEPENDENCY_SERVICE") == "https://[fd00::1]:443"
+
+
+def test_refusal_logged_once_with_verb_resource_and_namespace(api, capsys):
+    api.deny("list", "jobs", "openstack")
+    read = ke.ApiReader(client_for(api))
+    for _ in range(3):
+        read.start_round()
+        with pytest.raises(ke.ApiError) as caught:
+            read.list("batch/v1", "jobs", "openstack", labels="app=x")
+        assert caught.value.status == 403
+    lines = [line for line in capsys.readouterr().out.splitlines() if "refused" in line]
+    assert len(lines) == 1
+    assert "list jobs.batch in namespace openstack" in lines[0] and "'list' on jobs" in lines[0]
+
+
+def parse(env):
+    return ke.parse_dependencies(env, ke.read_settings(env))
+
+
+def test_shared_reads_happen_once_per_round(api):
+    """CONTAINER, DAEMONSET and POD_JSON all read this pod: one GET per round serves them all."""
+    api.put(k8s.pod("me", node="n1", containers=("app", "side"), ready_containers=("side",)))
+    api.put(k8s.daemonset("ovs", match_labels={"app": "ovs"}))
+    api.put(k8s.pod("x", labels={"app": "x"}, node="n1", ready=True))
+    env = dict(api.env(), POD_NAME="me", DEPENDENCY_CONTAINER="side", DEPENDENCY_DAEMONSET="ovs",
+               DEPENDENCY_POD_JSON='[{"labels": {"app": "x"}, "requireSameNode": true}]')
+    ke.wait_until_met(parse(env), ke.ApiReader(client_for(api)), sleep=lambda s: None)
+    gets_of_me = [r for r in api.requests if r.verb == "get" and r.name == "me"]
+    assert len(gets_of_me) == 1
+
+
+def test_engine_polls_until_met_and_logs_reason_changes_once(api, capsys):
+    api.put(k8s.job("init", active=1))
+    deps = parse(dict(api.env(), DEPENDENCY_JOBS="init"))
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            api.put(k8s.job("init", succeeded=1))
+
+    ke.wait_until_met(deps, ke.ApiReader(client_for(api)), interval=2.0, sleep=sleep)
+    assert sleeps == [2.0, 2.0, 2.0]  # no sleep after the last check met it
+    out = capsys.readouterr().out
+    assert out.count("failed: not succeeded (1 active, 0 failed) .") == 1
+    assert out.count("Dependency Job init in namespace default is resolved.") == 1
+
+
+def test_api_errors_while_waiting_are_reasons_not_crashes(api, capsys):
+    api.put(k8s.endpoint_slice("db"))
+    deps = parse(dict(api.env(), DEPENDENCY_SERVICE="db"))
+    api.inject(status=503, times=2)
+    ke.wait_until_met(deps, ke.ApiReader(client_for(api)), sleep=lambda s: None)
+    assert "503" in capsys.readouterr().out
