@@ -498,6 +498,8 @@ def api_server_url(env, variable_hint):
         if not value:
             raise ConfigError(name, "not set, but %s needs the Kubernetes API "
                                     "(Kubernetes sets it in every pod)" % variable_hint)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError("KUBERNETES_SERVICE_PORT", "%r is not a port number" % port)
     if ":" in host and not host.startswith("["):
         host = "[%s]" % host
     return "https://%s:%s" % (host, port)
@@ -977,11 +979,14 @@ def split_command(value):
 # --------------------------------------------------------------------------------------------
 
 def evaluate(dependency, read):
-    """Run the dependency's check; an API failure is a reason to wait, not a crash."""
+    """Run the dependency's check; an API failure or an answer of the wrong shape is a reason to
+    wait, not a crash."""
     try:
         return dependency.check(dependency, read)
     except ApiError as e:
         return not_met(str(e))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        return not_met("unexpected answer from the API server (%s: %s)" % (type(e).__name__, e))
 
 
 def wait_until_met(dependencies, read, interval=POLL_INTERVAL, sleep=time.sleep):
@@ -1109,6 +1114,10 @@ def main(env=None):
     try:
         settings, dependencies, reader, argv, executable = prepare(env)
         wait_until_met(dependencies, reader, settings.poll_interval)
+        if not argv:
+            log("WARNING", "COMMAND env is empty")
+            return 0
+        return exec_command(argv, executable)
     except ConfigError as e:
         log("ERROR", str(e))
         return 2
@@ -1118,10 +1127,6 @@ def main(env=None):
     except Stop as stop:
         log("ERROR", "stopped by signal %d while waiting; the command was not run" % stop.signum)
         return 128 + stop.signum
-    if not argv:
-        log("WARNING", "COMMAND env is empty")
-        return 0
-    return exec_command(argv, executable)
 
 
 if __name__ == "__main__":

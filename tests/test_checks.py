@@ -363,3 +363,11 @@ def test_socket_unreadable_is_not_met(open_dir):
             os._exit(3)
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
+
+
+def test_answers_of_the_wrong_shape_are_reasons_not_crashes():
+    read = DictReader({"example.com/v1": ["not-an-object"]})
+    dependency = cr_dep()
+    dependency.check = ke.check_custom_resource
+    verdict = ke.evaluate(dependency, read)
+    assert not verdict.met and "unexpected answer" in verdict.reason

@@ -204,3 +204,10 @@ def test_find_command(tmp_path):
     # true and echo are answered in-process where the image has no coreutils
     assert ke.find_command(["true"], str(tmp_path)) is None
     assert ke.find_command(["/bin/echo", "x"], "") in ("/bin/echo", None)
+
+
+def test_api_server_port_must_be_a_number():
+    with pytest.raises(ke.ConfigError) as caught:
+        ke.api_server_url({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "https"},
+                          "DEPENDENCY_SERVICE")
+    assert caught.value.variable == "KUBERNETES_SERVICE_PORT"

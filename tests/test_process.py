@@ -276,3 +276,16 @@ def test_runs_isolated_without_site_packages():
     out = subprocess.check_output([sys.executable, "-I", "-S", "-c", code],
                                   cwd=os.path.dirname(SCRIPT), universal_newlines=True)
     assert out.strip() == "[]"
+
+
+def test_every_import_is_in_the_standard_library():
+    """Each module the file imports, at the top or lazily, imports with no site-packages at all."""
+    import ast
+    import subprocess
+    with open(SCRIPT) as f:
+        tree = ast.parse(f.read())
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names}
+    modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "ssl" in modules and "json" in modules
+    subprocess.check_call([sys.executable, "-I", "-S", "-c", "import " + ", ".join(sorted(modules))])
