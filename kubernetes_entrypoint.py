@@ -18,6 +18,7 @@ import socket
 import stat
 import string
 import sys
+import threading
 import time
 import types
 
@@ -441,17 +442,18 @@ def parse_configs(variable, value, settings):
 
 
 # --------------------------------------------------------------------------------------------
-# API access: one keep-alive HTTPS connection, the service-account token, JSON answers.
+# API access: HTTPS requests and watch streams with the service-account token.
 # --------------------------------------------------------------------------------------------
 
 class ApiError(Exception):
     """A request that did not give an answer: `status` is the HTTP code, or None when none came."""
 
-    def __init__(self, status, message, reason=""):
+    def __init__(self, status, message, reason="", retry_after=None):
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after
 
     def __str__(self):
         if self.status is None:
@@ -506,7 +508,7 @@ def api_server_url(env, variable_hint):
 
 
 class ApiClient:
-    """GET requests to the API server, answered as parsed JSON or an ApiError."""
+    """GETs and watch streams, each thread on its own kept-alive connection, always verified."""
 
     def __init__(self, server_url, serviceaccount_dir, timeout=REQUEST_TIMEOUT):
         import http.client
@@ -527,10 +529,10 @@ class ApiClient:
         self._host, self._port = url.hostname, url.port or 443
         self._context = context
         self._timeout = timeout
-        self._connection = None
+        self._local = threading.local()
 
     def path(self, group_version, resource, namespace=None, name=None):
-        """The URL path of a collection or object; the one place URLs are built."""
+        """The URL path of a collection, an object or discovery; the one place URLs are built."""
         parts = ["/api/v1" if group_version == "v1" else "/apis/" + group_version]
         if namespace:
             parts += ["namespaces", self._quote(namespace, safe="")]
@@ -541,51 +543,100 @@ class ApiClient:
         return "/".join(parts)
 
     def get(self, path, query=None):
-        if query:
-            path += "?" + self._urlencode(query)
-        status, body = self._request(path)
-        if status == 401:
-            self.token.refresh()
-            status, body = self._request(path)
+        """The parsed JSON answer, or an ApiError."""
+        response = self._open(path, query, self._timeout)
         try:
-            answer = json.loads(body.decode("utf-8")) if body else {}
+            body = response.read()
+        except (OSError, self._http.HTTPException) as e:
+            self.close()
+            raise ApiError(None, "no answer from the API server: %s" % (str(e) or type(e).__name__))
+        if response.will_close:
+            self.close()
+        if response.status != 200:
+            raise self._error(response, body)
+        try:
+            answer = json.loads(body.decode("utf-8"))
         except ValueError:
             answer = None
-        if status == 200 and isinstance(answer, dict):
-            return answer
-        if status == 200:
-            raise ApiError(None, "malformed answer from the API server for %s" % path)
-        answer = answer if isinstance(answer, dict) else {}
-        raise ApiError(status, answer.get("message") or body[:200].decode("utf-8", "replace"),
-                       answer.get("reason") or "")
+        if not isinstance(answer, dict):
+            raise ApiError(None, "malformed answer from the API server for %s" % path.split("?")[0])
+        return answer
 
-    def _request(self, path):
-        """One GET on the kept-alive connection; a connection the server closed is reopened once."""
+    def watch(self, path, query, timeout):
+        """Yield the events of a watch stream until it ends; silence past `timeout` is an ApiError."""
+        response = self._open(path, query, timeout)
+        if response.status != 200:
+            body = response.read()
+            self.close()
+            raise self._error(response, body)
+        try:
+            while True:
+                line = response.readline()
+                if not line:
+                    return  # the server ended the stream (timeoutSeconds, or it went away)
+                if line.strip():
+                    try:
+                        event = json.loads(line.decode("utf-8"))
+                    except ValueError:
+                        raise ApiError(None, "malformed watch event from the API server",
+                                       "Malformed")
+                    yield event
+        except (OSError, self._http.HTTPException) as e:
+            raise ApiError(None, "watch stream broken: %s" % (str(e) or type(e).__name__))
+        finally:
+            self.close()  # a stream is not reused; the next request opens a fresh connection
+
+    def _error(self, response, body):
+        try:
+            status = json.loads(body.decode("utf-8"))
+        except ValueError:
+            status = None
+        status = status if isinstance(status, dict) else {}
+        retry_after = response.getheader("Retry-After", "")
+        return ApiError(response.status,
+                        status.get("message") or body[:200].decode("utf-8", "replace").strip(),
+                        status.get("reason") or response.reason,
+                        int(retry_after) if retry_after.isdigit() else None)
+
+    def _open(self, path, query, timeout):
+        """Send a GET and return the response, its body unread; after a 401 reread the token once."""
+        if query:
+            path += "?" + self._urlencode(query)
+        response = self._send(path, timeout)
+        if response.status == 401:
+            response.read()
+            self.token.refresh()
+            response = self._send(path, timeout)
+        return response
+
+    def _send(self, path, timeout):
+        """One GET on this thread's kept-alive connection; one the server closed is reopened once."""
         headers = {"Authorization": "Bearer " + self.token.current(), "Accept": "application/json",
                    "User-Agent": "kubernetes-entrypoint/" + __version__}
         for attempt in (1, 2):
-            reused = self._connection is not None
+            connection = getattr(self._local, "connection", None)
+            reused = connection is not None
             if not reused:
-                self._connection = self._http.HTTPSConnection(
-                    self._host, self._port, context=self._context, timeout=self._timeout)
+                connection = self._http.HTTPSConnection(self._host, self._port,
+                                                        context=self._context, timeout=timeout)
+                self._local.connection = connection
+            elif connection.sock is not None:
+                connection.sock.settimeout(timeout)
             try:
-                self._connection.request("GET", path, headers=headers)
-                response = self._connection.getresponse()
-                body = response.read()
+                connection.request("GET", path, headers=headers)
+                return connection.getresponse()
             except (OSError, self._http.HTTPException) as e:
                 self.close()
                 if reused and attempt == 1 and isinstance(
                         e, (self._http.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
                     continue
                 raise ApiError(None, "cannot reach the API server: %s" % (str(e) or type(e).__name__))
-            if response.will_close:
-                self.close()
-            return response.status, body
 
     def close(self):
-        if self._connection is not None:
-            self._connection.close()
-            self._connection = None
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
 
 
 def kind_of_resource(group_version, resource):
@@ -594,73 +645,329 @@ def kind_of_resource(group_version, resource):
     return "%s.%s" % (resource, group) if group else resource
 
 
-class ApiReader:
-    """What the checks read: get, list and discovery, each answer shared by all checks of a round.
+# --------------------------------------------------------------------------------------------
+# The read interface: what the checks see. Each distinct read is a collection, listed once and
+# then kept fresh by a watch (or, where watching is refused, by polling), shared by every check.
+# --------------------------------------------------------------------------------------------
 
-    A get of a missing object is None. A refused request (403) is logged once, naming the verb and
-    resource the Role lacks, and raised like any other ApiError.
+WATCH_SECONDS = 240          # server-side timeoutSeconds of a watch, plus up to a minute of jitter
+WATCH_SILENCE = 30           # a stream silent this long past its timeoutSeconds is dropped
+BACKOFF_LIMIT = 30.0         # seconds: the longest wait between retries of a failing read
+
+
+def backoff(failures, interval, retry_after=None):
+    """Capped exponential backoff with jitter; a 429's Retry-After is a floor."""
+    import random
+    delay = min(BACKOFF_LIMIT, interval * 2 ** max(failures - 1, 0)) * random.uniform(0.8, 1.2)
+    return max(delay, retry_after or 0)
+
+
+class Collection(types.SimpleNamespace):
+    """One read: a list with selectors, an object by name (a list by metadata.name), or discovery.
+
+    `items` maps (namespace, name) to objects, or resource name to resource for discovery; it is
+    None until the first answer. `mode` says how it is kept fresh: "watch", "poll" (list every
+    round), "get" (get by name every round, where list is refused) or "discovery".
     """
 
-    def __init__(self, client):
+
+class ApiReader:
+    """get, list and resource_for for the checks, answered from collections.
+
+    The engine learns which collections each check read (begin/end), asks for the ones still in use
+    to be followed (follow), polled when due (poll), and waits for the watched ones to change (wait).
+    """
+
+    def __init__(self, client, interval=POLL_INTERVAL, watch=True, clock=time.monotonic):
+        import queue
         self.client = client
-        self.round_answers = {}
-        self.discovered = {}
-        self.refusals_logged = set()
+        self.interval = interval
+        self.watch_allowed = watch
+        self.clock = clock
+        self.collections = {}
+        self.fixed = {}             # answers that cannot change, read once
+        self.reads = set()          # collections read by the check being evaluated
+        self.changes = queue.Queue()  # collection keys, from watch threads
+        self._empty = queue.Empty
+        self.lock = threading.Lock()
+        self.said = set()           # messages logged once
+        self.watch_refused = set()  # collection paths where watching is refused: poll them
+        self.troubles = {}          # collection key -> [last error text, times seen]
 
-    def start_round(self):
-        self.round_answers = {}
+    # What checks call ---------------------------------------------------------------------
 
-    def _ask(self, verb, group_version, resource, namespace, name=None, query=None):
-        key = (verb, group_version, resource, namespace, name, tuple(sorted((query or {}).items())))
-        if key not in self.round_answers:
-            try:
-                path = self.client.path(group_version, resource, namespace, name)
-                self.round_answers[key] = self.client.get(path, query)
-            except ApiError as e:
-                if e.status == 403:
-                    self._log_refusal(verb, group_version, resource, namespace, e)
-                self.round_answers[key] = e
-        answer = self.round_answers[key]
-        if isinstance(answer, ApiError):
-            raise answer
-        return answer
-
-    def _log_refusal(self, verb, group_version, resource, namespace, error):
-        refused = (verb, group_version, resource, namespace)
-        if refused not in self.refusals_logged:
-            self.refusals_logged.add(refused)
-            where = " in namespace %s" % namespace if namespace else ""
-            log("WARNING", "API refused %s %s%s (403): the Role needs %r on %s"
-                % (verb, kind_of_resource(group_version, resource), where, verb, resource))
-
-    def get(self, group_version, resource, namespace, name):
-        try:
-            return self._ask("get", group_version, resource, namespace, name)
-        except ApiError as e:
-            if e.status == 404:
-                return None
-            raise
+    def get(self, group_version, resource, namespace, name, once=False):
+        """The object, or None while it does not exist. `once`: it cannot change, read it once."""
+        key = (group_version, resource, namespace, None, "metadata.name=" + name)
+        if once and key in self.fixed:
+            return self.fixed[key]
+        items = self._answer(key, name)
+        obj = items[0] if items else None
+        if once and obj is not None:
+            self.fixed[key] = obj
+            self.reads.discard(key)
+        return obj
 
     def list(self, group_version, resource, namespace, labels=None, fields=None):
+        return self._answer((group_version, resource, namespace, labels or None, fields or None))
+
+    def resource_for(self, group_version, kind):
+        """The discovery entry serving `kind`, or None while none does (its CRD not installed yet)."""
+        if (group_version, kind) not in self.fixed:
+            key = (group_version, None, None, None, None)
+            served = [r for r in self._answer(key) if isinstance(r, dict) and r.get("kind") == kind
+                      and "/" not in r.get("name", "/")]
+            if not served:
+                return None
+            self.fixed[(group_version, kind)] = served[0]
+            self.reads.discard(key)
+        return self.fixed[(group_version, kind)]
+
+    def _answer(self, key, name=None):
+        self.reads.add(key)
+        collection = self.collections.get(key)
+        if collection is None:
+            collection = self.collections[key] = self._new_collection(key, name)
+            self.refresh(collection)
+        with self.lock:
+            if collection.items is None:
+                raise collection.error
+            return list(collection.items.values())
+
+    # What the engine calls ----------------------------------------------------------------
+
+    def begin(self):
+        self.reads = set()
+
+    def end(self):
+        return self.reads
+
+    def follow(self, in_use):
+        """Watch the collections still in use; forget the rest (a later read lists them afresh)."""
+        for key in list(self.collections):
+            collection = self.collections[key]
+            if key not in in_use:
+                collection.stopped = True
+                del self.collections[key]
+            elif collection.mode == "watch" and collection.items is not None \
+                    and collection.watcher is None:
+                collection.watcher = threading.Thread(target=self._watch, args=(collection,),
+                                                      daemon=True)
+                collection.watcher.start()
+
+    def poll(self, in_use):
+        """Refresh the polled collections in use that are due; return the keys whose answer changed."""
+        now = self.clock()
+        due = [c for k, c in self.collections.items() if k in in_use and c.next_refresh <= now
+               and (c.mode != "watch" or c.items is None)]
+        return {c.key for c in due if self.refresh(c)}
+
+    def wait(self, timeout):
+        """Block until a watched collection changes or `timeout` passes; return the changed keys."""
+        changed = set()
+        try:
+            changed.add(self.changes.get(timeout=max(timeout, 0.001)))
+            while True:
+                changed.add(self.changes.get_nowait())
+        except self._empty:
+            return changed
+
+    # Keeping collections fresh -------------------------------------------------------------
+
+    def _new_collection(self, key, name):
+        group_version, resource, namespace, labels, fields = key
         query = {}
         if labels:
             query["labelSelector"] = labels
         if fields:
             query["fieldSelector"] = fields
-        answer = self._ask("list", group_version, resource, namespace, query=query)
-        return answer.get("items") or []
+        if resource is None:
+            mode = "discovery"
+        elif self.watch_allowed and self.client.path(group_version, resource, namespace) \
+                not in self.watch_refused:
+            mode = "watch"
+        else:
+            mode = "poll"
+        return Collection(key=key, group_version=group_version, resource=resource,
+                          namespace=namespace, name=name, query=query, mode=mode,
+                          path=self.client.path(group_version, resource, namespace),
+                          items=None, error=None, resource_version=None, failures=0,
+                          next_refresh=0.0, watcher=None, stopped=False)
 
-    def discover(self, group_version):
-        """The resources served under a group/version, or [] while it is not served (yet)."""
-        if group_version not in self.discovered:
+    def refresh(self, collection):
+        """Read the collection once (list, get by name, or discovery); True if its answer changed."""
+        try:
+            items, resource_version = self._read(collection)
+        except ApiError as e:
+            if e.status == 403 and collection.mode in ("watch", "poll") and collection.name:
+                collection.mode = "get"
+                self._say_once(("list", collection.path),
+                               "API refused list %s (403): reading it by name instead; grant 'list' "
+                               "to read it in fewer requests" % self._describe(collection))
+                return self.refresh(collection)
+            if e.status == 403:
+                self._log_refusal("list" if collection.mode in ("watch", "poll") else "get",
+                                  collection)
+            collection.failures += 1
+            collection.next_refresh = self.clock() + backoff(collection.failures, self.interval,
+                                                             e.retry_after)
+            self._trouble(collection, e)
+            changed = collection.items is not None or str(collection.error) != str(e)
+            with self.lock:
+                collection.items, collection.error = None, e
+            return changed
+        self._trouble(collection, None)
+        changed = versions(items) != versions(collection.items)
+        if collection.mode == "discovery":
+            # a kind not served yet: look again, less and less often while nothing changes
+            collection.failures = 0 if changed else collection.failures + 1
+            collection.next_refresh = self.clock() + backoff(collection.failures, self.interval)
+        else:
+            collection.failures = 0
+            collection.next_refresh = 0.0  # polled collections are due every round
+        with self.lock:
+            collection.items, collection.error = items, None
+            collection.resource_version = resource_version
+        return changed
+
+    def _read(self, collection):
+        """One request for the collection: (items, resourceVersion of the list or None)."""
+        if collection.mode == "discovery":
+            path = collection.path
             try:
-                answer = self._ask("get", group_version, None, None)
+                answer = self.client.get(path)
             except ApiError as e:
-                if e.status == 404:
-                    return []
-                raise
-            self.discovered[group_version] = answer.get("resources") or []
-        return self.discovered[group_version]
+                if e.status != 404:
+                    raise
+                return {}, None  # the group/version is not served (yet)
+            return {r.get("name"): r for r in answer.get("resources") or []
+                    if isinstance(r, dict)}, None
+        if collection.mode == "get":
+            try:
+                obj = self.client.get(self.client.path(collection.group_version, collection.resource,
+                                                       collection.namespace, collection.name))
+            except ApiError as e:
+                if e.status != 404:
+                    raise
+                return {}, None
+            return {(collection.namespace, collection.name): obj}, None
+        answer = self.client.get(collection.path, collection.query)
+        items = answer.get("items") or []
+        return ({object_key(item): item for item in items if isinstance(item, dict)},
+                dig(answer, "metadata", "resourceVersion"))
+
+    def _watch(self, collection):
+        """A watch thread: follow the collection from its list's resourceVersion, forever.
+
+        ERROR 410 (history compacted) or an HTTP 410: list again. A stream that ends or breaks:
+        resume from the last resourceVersion. Watch refused: poll this collection instead.
+        """
+        import random
+        failures = 0
+        while not collection.stopped:
+            seconds = WATCH_SECONDS + random.randint(0, 60)
+            query = dict(collection.query, watch="1", allowWatchBookmarks="true",
+                         resourceVersion=collection.resource_version, timeoutSeconds=str(seconds))
+            try:
+                for event in self.client.watch(collection.path, query, seconds + WATCH_SILENCE):
+                    if collection.stopped:
+                        return
+                    self._apply(collection, event)
+                    failures = 0
+                    self._trouble(collection, None)
+            except ApiError as e:
+                if e.status == 403:
+                    self._log_refusal("watch", collection, "polling every %gs instead; grant 'watch' "
+                                      "to react at once" % self.interval)
+                    self.watch_refused.add(collection.path)
+                    collection.mode = "poll"
+                    self.changes.put(collection.key)  # the engine polls it from now on
+                    return
+                if e.status == 410 and self._relist(collection):
+                    continue
+                failures += 1
+                self._trouble(collection, e)
+                time.sleep(backoff(failures, self.interval, e.retry_after))
+                if e.reason == "Malformed":  # an event may be lost: start from a fresh list
+                    self._relist(collection)
+
+    def _relist(self, collection):
+        """List again (the watch history is gone); changes it finds are passed on like events.
+        True when the list was read."""
+        if self.refresh(collection):
+            self.changes.put(collection.key)
+        return collection.items is not None
+
+    def _apply(self, collection, event):
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            raise ApiError(obj.get("code"), obj.get("message") or "watch error", obj.get("reason"))
+        version = dig(obj, "metadata", "resourceVersion")
+        if kind in ("ADDED", "MODIFIED", "DELETED"):
+            with self.lock:
+                if kind == "DELETED":
+                    collection.items.pop(object_key(obj), None)
+                else:
+                    collection.items[object_key(obj)] = obj
+                collection.resource_version = version or collection.resource_version
+            self.changes.put(collection.key)
+        elif kind == "BOOKMARK" and version:
+            collection.resource_version = version
+
+    # Logging -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _describe(collection):
+        """`pods me in namespace x`, `jobs.batch in namespace x`, `discovery of example.com/v1`."""
+        if collection.resource is None:
+            return "discovery of " + collection.group_version
+        what = kind_of_resource(collection.group_version, collection.resource)
+        if collection.name:
+            what += " " + collection.name
+        if collection.namespace:
+            what += " in namespace " + collection.namespace
+        return what
+
+    def _say_once(self, key, message):
+        if key not in self.said:
+            self.said.add(key)
+            log("WARNING", message)
+
+    def _log_refusal(self, verb, collection, then=""):
+        self._say_once((verb, collection.path),
+                       "API refused %s %s (403): the Role needs %r on %s%s"
+                       % (verb, self._describe(collection), verb,
+                          collection.resource or "discovery", "; " + then if then else ""))
+
+    def _trouble(self, collection, error):
+        """Log a failing read when its error first appears or changes, and once more with a count
+        when it clears: a repeating error is one line, not one per try."""
+        last = self.troubles.get(collection.key)
+        if error is None:
+            if last:
+                del self.troubles[collection.key]
+                log("INFO", "reading %s works again (it failed %d times: %s)"
+                    % (self._describe(collection), last[1], last[0]))
+            return
+        if error.status == 403:
+            return  # refusals are logged once, with the rule to add
+        if last and last[0] == str(error):
+            last[1] += 1
+        else:
+            self.troubles[collection.key] = [str(error), 1]
+            log("WARNING", "reading %s failed: %s; retrying" % (self._describe(collection), error))
+
+
+def object_key(obj):
+    return dig(obj, "metadata", "namespace"), dig(obj, "metadata", "name")
+
+
+def versions(items):
+    """What identifies an answer's content: each object's resourceVersion (or itself)."""
+    if items is None:
+        return None
+    return {key: dig(obj, "metadata", "resourceVersion") or json.dumps(obj, sort_keys=True)
+            for key, obj in items.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -697,7 +1004,7 @@ def is_pod_ready(pod):
 
 def this_pod_node(dep, read):
     """The node this pod runs on (spec.nodeName): set once the pod is scheduled, never changed."""
-    pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name)
+    pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name, once=True)
     if pod is None:
         return None, not_met("this pod %s is not found in namespace %s (check POD_NAME and NAMESPACE)"
                              % (dep.pod_name, dep.pod_namespace))
@@ -762,8 +1069,11 @@ def selector_from_label_selector(selector):
 
 
 def check_daemonset(dep, read):
-    """A pod of the DaemonSet on this node is Ready, or the DaemonSet has no pod on this node."""
-    daemonset = read.get("apps/v1", "daemonsets", dep.namespace, dep.name)
+    """A pod of the DaemonSet on this node is Ready, or the DaemonSet has no pod on this node.
+
+    Its selector cannot change, so the DaemonSet is read once; then only its pods are followed.
+    """
+    daemonset = read.get("apps/v1", "daemonsets", dep.namespace, dep.name, once=True)
     if daemonset is None:
         return not_met("daemonset not found")
     node, problem = this_pod_node(dep, read)
@@ -830,12 +1140,10 @@ def field_text(value):
 
 def check_custom_resource(dep, read):
     """The object exists (kind found by discovery), with every field value and condition wanted."""
-    served = [r for r in read.discover(dep.api_version)
-              if r.get("kind") == dep.resource_kind and "/" not in r.get("name", "/")]
-    if not served:
+    resource = read.resource_for(dep.api_version, dep.resource_kind)
+    if resource is None:
         return not_met("the API server does not serve kind %s in %s (yet)"
                        % (dep.resource_kind, dep.api_version))
-    resource = served[0]
     namespace = dep.namespace if resource.get("namespaced") else None
     obj = read.get(dep.api_version, resource["name"], namespace, dep.name)
     if obj is None:
@@ -989,29 +1297,47 @@ def evaluate(dependency, read):
         return not_met("unexpected answer from the API server (%s: %s)" % (type(e).__name__, e))
 
 
-def wait_until_met(dependencies, read, interval=POLL_INTERVAL, sleep=time.sleep):
-    """Poll until every dependency is met; return at once when the last one is, without sleeping."""
+def wait_until_met(dependencies, read, interval=POLL_INTERVAL, clock=time.monotonic,
+                   sleep=time.sleep):
+    """Check every dependency; re-check one when a collection it read changes (a watch event, or a
+    poll round that found a difference), or every round if it reads nothing from the API. Return
+    the moment the last one is met.
+    """
     for dep in dependencies:
         log("INFO", "Resolving %s" % dep)
-    pending = list(dependencies)
+    pending = [[dep, None] for dep in dependencies]  # [dependency, collections its check read]
     reasons = {}
+    changed, new_round = set(), True
+    next_round = clock() + interval
     while True:
-        if read is not None:
-            read.start_round()
-        still_pending = []
-        for dep in pending:
+        for entry in list(pending):
+            dep, reads = entry
+            if reads is not None and not reads & changed and not (new_round and not reads):
+                continue
+            if read is not None:
+                read.begin()
             verdict = evaluate(dep, read)
+            entry[1] = read.end() if read is not None else set()
             if verdict.met:
                 log("INFO", "Dependency %s is resolved." % dep)
-                continue
-            if reasons.get(id(dep)) != verdict.reason:
+                pending.remove(entry)
+            elif reasons.get(id(dep)) != verdict.reason:
                 reasons[id(dep)] = verdict.reason
                 log("WARNING", "Resolving dependency %s failed: %s ." % (dep, verdict.reason))
-            still_pending.append(dep)
-        pending = still_pending
         if not pending:
             return
-        sleep(interval)
+        in_use = set().union(*(reads for _, reads in pending))
+        if read is None:
+            sleep(max(0.0, next_round - clock()))
+            changed = set()
+        else:
+            read.follow(in_use)
+            changed = read.wait(next_round - clock())
+        new_round = clock() >= next_round
+        if new_round:
+            next_round = clock() + interval
+            if read is not None:
+                changed |= read.poll(in_use)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1103,7 +1429,7 @@ def prepare(env):
     api_variables = [d.variable for d in dependencies if d.needs_api]
     if api_variables:
         url = api_server_url(env, api_variables[0])
-        reader = ApiReader(ApiClient(url, settings.serviceaccount_dir))
+        reader = ApiReader(ApiClient(url, settings.serviceaccount_dir), settings.poll_interval)
     return settings, dependencies, reader, argv, executable
 
 

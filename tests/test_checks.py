@@ -30,7 +30,7 @@ class DictReader:
         if (verb, resource) in self.refused:
             raise ke.ApiError(403, "%s is forbidden" % resource, "Forbidden")
 
-    def get(self, group_version, resource, namespace, name):
+    def get(self, group_version, resource, namespace, name, once=False):
         self.calls.append(("get", resource, namespace, name))
         self._refuse("get", resource)
         for obj in self.objects.get((group_version, resource), []):
@@ -49,8 +49,10 @@ class DictReader:
                 and all(o["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
                 and (node is None or o.get("spec", {}).get("nodeName") == node)]
 
-    def discover(self, group_version):
-        return self.discovery.get(group_version, [])
+    def resource_for(self, group_version, kind):
+        served = [r for r in self.discovery.get(group_version, [])
+                  if r["kind"] == kind and "/" not in r["name"]]
+        return served[0] if served else None
 
 
 def meta(name, namespace="default", labels=None):
@@ -366,8 +368,10 @@ def test_socket_unreadable_is_not_met(open_dir):
 
 
 def test_answers_of_the_wrong_shape_are_reasons_not_crashes():
-    read = DictReader({"example.com/v1": ["not-an-object"]})
+    class Odd(DictReader):
+        def resource_for(self, group_version, kind):
+            return "widgets"  # discovery answered with something that is not an object
     dependency = cr_dep()
     dependency.check = ke.check_custom_resource
-    verdict = ke.evaluate(dependency, read)
+    verdict = ke.evaluate(dependency, Odd())
     assert not verdict.met and "unexpected answer" in verdict.reason

@@ -1,6 +1,7 @@
 """API access and the waiting engine, in-process against the fake HTTPS API server."""
 
 import shutil
+import threading
 import time
 
 import pytest
@@ -128,12 +129,15 @@ def test_ipv6_host_in_brackets():
 
 def test_refusal_logged_once_with_verb_resource_and_namespace(api, capsys):
     api.deny("list", "jobs", "openstack")
-    read = ke.ApiReader(client_for(api))
+    now = [0.0]
+    read = ke.ApiReader(client_for(api), clock=lambda: now[0])
+    with pytest.raises(ke.ApiError) as caught:
+        read.list("batch/v1", "jobs", "openstack", labels="app=x")
+    assert caught.value.status == 403
     for _ in range(3):
-        read.start_round()
-        with pytest.raises(ke.ApiError) as caught:
-            read.list("batch/v1", "jobs", "openstack", labels="app=x")
-        assert caught.value.status == 403
+        now[0] += 60
+        read.poll(read.end())
+    assert len([r for r in api.requests if r.resource == "jobs"]) == 4
     lines = [line for line in capsys.readouterr().out.splitlines() if "refused" in line]
     assert len(lines) == 1
     assert "list jobs.batch in namespace openstack" in lines[0] and "'list' on jobs" in lines[0]
@@ -151,22 +155,20 @@ def test_shared_reads_happen_once_per_round(api):
     env = dict(api.env(), POD_NAME="me", DEPENDENCY_CONTAINER="side", DEPENDENCY_DAEMONSET="ovs",
                DEPENDENCY_POD_JSON='[{"labels": {"app": "x"}, "requireSameNode": true}]')
     ke.wait_until_met(parse(env), ke.ApiReader(client_for(api)), sleep=lambda s: None)
-    gets_of_me = [r for r in api.requests if r.verb == "get" and r.name == "me"]
-    assert len(gets_of_me) == 1
+    reads_of_me = [r for r in api.requests if r.query.get("fieldSelector") == "metadata.name=me"]
+    assert len(reads_of_me) == 1
 
 
 def test_engine_polls_until_met_and_logs_reason_changes_once(api, capsys):
     api.put(k8s.job("init", active=1))
     deps = parse(dict(api.env(), DEPENDENCY_JOBS="init"))
-    sleeps = []
-
-    def sleep(seconds):
-        sleeps.append(seconds)
-        if len(sleeps) == 3:
-            api.put(k8s.job("init", succeeded=1))
-
-    ke.wait_until_met(deps, ke.ApiReader(client_for(api)), interval=2.0, sleep=sleep)
-    assert sleeps == [2.0, 2.0, 2.0]  # no sleep after the last check met it
+    read = ke.ApiReader(client_for(api), interval=0.05, watch=False)
+    timer = threading.Timer(0.5, api.put, [k8s.job("init", succeeded=1)])
+    timer.start()
+    ke.wait_until_met(deps, read, interval=0.05)
+    timer.join()
+    polls = [r for r in api.requests if r.resource == "jobs"]
+    assert 5 <= len(polls) <= 15 and all(r.verb == "list" for r in polls)
     out = capsys.readouterr().out
     assert out.count("failed: not succeeded (1 active, 0 failed) .") == 1
     assert out.count("Dependency Job init in namespace default is resolved.") == 1
@@ -176,5 +178,5 @@ def test_api_errors_while_waiting_are_reasons_not_crashes(api, capsys):
     api.put(k8s.endpoint_slice("db"))
     deps = parse(dict(api.env(), DEPENDENCY_SERVICE="db"))
     api.inject(status=503, times=2)
-    ke.wait_until_met(deps, ke.ApiReader(client_for(api)), sleep=lambda s: None)
+    ke.wait_until_met(deps, ke.ApiReader(client_for(api), interval=0.05), interval=0.05)
     assert "503" in capsys.readouterr().out

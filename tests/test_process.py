@@ -14,6 +14,12 @@ from conftest import SCRIPT, wait_for
 ME = {"POD_NAME": "me", "NAMESPACE": "default"}
 
 
+def wait_until_waiting(api):
+    """The entrypoint has read the cluster and is now waiting: watching, or polling round after round."""
+    wait_for(lambda: api.open_watches >= 1 or len(api.requests) >= 6)
+    time.sleep(0.3)
+
+
 def this_pod(api, node="node-a", **extra):
     return api.put(k8s.pod("me", node=node, host_ip="192.0.2.1", **extra))
 
@@ -126,7 +132,7 @@ def test_not_met_then_met_while_waiting(api, entrypoint, kind):
     env, unmet, met = SCENARIOS[kind]
     unmet(api)
     run = entrypoint(dict(api.env(), **env))
-    wait_for(lambda: len(api.requests) >= 6)  # several rounds of checks
+    wait_until_waiting(api)
     assert run.running() and run.report() is None, "ran before its dependency was met"
     met(api)
     run.assert_execd()
@@ -145,7 +151,7 @@ def test_wrong_namespace_keeps_waiting(api, entrypoint):
     api.put(k8s.job("init", "mysql", succeeded=1))
     run = entrypoint(dict(api.env(), DEPENDENCY_SERVICE="mariadb", DEPENDENCY_JOBS="init",
                           NAMESPACE="openstack"))
-    wait_for(lambda: len(api.requests) >= 8)
+    wait_until_waiting(api)
     assert run.running() and run.report() is None
     run.process.send_signal(signal.SIGTERM)
     assert run.finish() == 143
