@@ -563,12 +563,19 @@ class ApiClient:
         return answer
 
     def watch(self, path, query, timeout):
-        """Yield the events of a watch stream until it ends; silence past `timeout` is an ApiError."""
-        response = self._open(path, query, timeout)
+        """Yield the events of a watch stream until it ends; silence past `timeout` is an ApiError.
+
+        The answer itself must come within the usual request timeout; only then may the stream
+        be quiet for longer.
+        """
+        response = self._open(path, query, self._timeout)
         if response.status != 200:
             body = response.read()
             self.close()
             raise self._error(response, body)
+        connection = getattr(self._local, "connection", None)
+        if connection is not None and connection.sock is not None:
+            connection.sock.settimeout(timeout)
         try:
             while True:
                 line = response.readline()
@@ -859,37 +866,46 @@ class ApiReader:
     def _watch(self, collection):
         """A watch thread: follow the collection from its list's resourceVersion, forever.
 
-        ERROR 410 (history compacted) or an HTTP 410: list again. A stream that ends or breaks:
-        resume from the last resourceVersion. Watch refused: poll this collection instead.
+        A stream that ends or breaks: resume from the last resourceVersion. ERROR 410 (history
+        compacted), an HTTP 410 or a malformed event: list again. Other failures: back off and
+        retry. Watch refused: hand the collection to the engine's polling and stop.
         """
         import random
-        failures = 0
+        failures, relist = 0, False
         while not collection.stopped:
-            seconds = WATCH_SECONDS + random.randint(0, 60)
-            query = dict(collection.query, watch="1", allowWatchBookmarks="true",
-                         resourceVersion=collection.resource_version, timeoutSeconds=str(seconds))
             try:
+                if (relist or collection.items is None) and not self._relist(collection):
+                    raise collection.error
+                relist = False
+                seconds = WATCH_SECONDS + random.randint(0, 60)
+                query = dict(collection.query, watch="1", allowWatchBookmarks="true",
+                             resourceVersion=collection.resource_version,
+                             timeoutSeconds=str(seconds))
                 for event in self.client.watch(collection.path, query, seconds + WATCH_SILENCE):
                     if collection.stopped:
                         return
                     self._apply(collection, event)
                     failures = 0
                     self._trouble(collection, None)
+                continue
             except ApiError as e:
-                if e.status == 403:
-                    self._log_refusal("watch", collection, "polling every %gs instead; grant 'watch' "
-                                      "to react at once" % self.interval)
-                    self.watch_refused.add(collection.path)
-                    collection.mode = "poll"
-                    self.changes.put(collection.key)  # the engine polls it from now on
-                    return
-                if e.status == 410 and self._relist(collection):
-                    continue
+                error = e
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                error = ApiError(None, "unexpected watch event (%s: %s)" % (type(e).__name__, e),
+                                 "Malformed")
+            if error.status == 403 and collection.mode == "watch":
+                self._log_refusal("watch", collection, "polling every %gs instead; grant 'watch' "
+                                  "to react at once" % self.interval)
+                self.watch_refused.add(collection.path)
+                collection.mode = "poll"
+            if collection.mode != "watch":
+                self.changes.put(collection.key)  # the engine polls it from now on
+                return
+            relist = error.status == 410 or error.reason == "Malformed"
+            if error.status != 410:
                 failures += 1
-                self._trouble(collection, e)
-                time.sleep(backoff(failures, self.interval, e.retry_after))
-                if e.reason == "Malformed":  # an event may be lost: start from a fresh list
-                    self._relist(collection)
+                self._trouble(collection, error)
+                time.sleep(backoff(failures, self.interval, error.retry_after))
 
     def _relist(self, collection):
         """List again (the watch history is gone); changes it finds are passed on like events.
@@ -905,6 +921,8 @@ class ApiReader:
         version = dig(obj, "metadata", "resourceVersion")
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             with self.lock:
+                if collection.items is None:
+                    return  # a failed list is being redone; it will bring this change too
                 if kind == "DELETED":
                     collection.items.pop(object_key(obj), None)
                 else:
