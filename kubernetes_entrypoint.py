@@ -38,8 +38,11 @@ TOKEN_REREAD_AFTER = 60.0    # the kubelet rotates the token; reread it at least
 def log(level, message):
     """Write `Entrypoint LEVEL: YYYY/MM/DD HH:MM:SS message`; errors to stderr, the rest to stdout."""
     stream = sys.stderr if level == "ERROR" else sys.stdout
+    if stream is None:  # started with that stream closed: nowhere to write
+        return
     stamp = time.strftime("%Y/%m/%d %H:%M:%S")
-    stream.write("Entrypoint %s: %s %s\n" % (level, stamp, message))
+    line = "Entrypoint %s: %s %s\n" % (level, stamp, message)
+    stream.write(line.encode("utf-8", "backslashreplace").decode("utf-8"))
     stream.flush()
 
 
@@ -81,23 +84,34 @@ def read_settings(env):
     """Collect the non-dependency variables; NAMESPACE falls back to the service account's namespace."""
     sa_dir = env.get("ENTRYPOINT_SERVICEACCOUNT_DIR") or DEFAULT_SERVICEACCOUNT_DIR
     namespace = env.get("NAMESPACE", "").strip()
-    if not namespace:
-        try:
-            with open(os.path.join(sa_dir, "namespace")) as f:
-                namespace = f.read().strip()
-        except OSError:
-            namespace = ""
+    if namespace:
+        check_name("NAMESPACE", namespace, "namespace", LABEL_NAME)
+    else:
+        namespace_file = os.path.join(sa_dir, "namespace")
+        namespace = read_text(namespace_file).strip() or "default"
+        if not LABEL_NAME.match(namespace):
+            raise ConfigError("NAMESPACE", "not set, and %s holds %r, not a valid namespace"
+                              % (namespace_file, namespace))
     return Settings(
-        namespace=namespace or "default",
+        namespace=namespace,
         pod_name=env.get("POD_NAME", "").strip(),
         interface=env.get("INTERFACE_NAME", "").strip(),
         serviceaccount_dir=sa_dir,
         configmaps_dir=env.get("ENTRYPOINT_CONFIGMAPS_DIR") or DEFAULT_CONFIGMAPS_DIR,
-        poll_interval=positive_seconds(env, "ENTRYPOINT_POLL_INTERVAL", POLL_INTERVAL),
+        poll_interval=positive_seconds(env, "ENTRYPOINT_POLL_INTERVAL", POLL_INTERVAL, 3600),
     )
 
 
-def positive_seconds(env, variable, default):
+def read_text(path):
+    """A small file's text ('' when missing or unreadable); bytes that are not UTF-8 are replaced."""
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def positive_seconds(env, variable, default, maximum):
     value = env.get(variable, "").strip()
     if not value:
         return default
@@ -105,8 +119,9 @@ def positive_seconds(env, variable, default):
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not 0 < seconds < float("inf"):
-        raise ConfigError(variable, "%r is not a positive number of seconds" % value)
+    if not 0 < seconds <= maximum:
+        raise ConfigError(variable, "%r is not a number of seconds above 0 and at most %d"
+                          % (value, maximum))
     return seconds
 
 
@@ -165,14 +180,28 @@ def selector_from_labels(labels):
 def parse_json_list(variable, value):
     try:
         entries = json.loads(value)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ConfigError(variable, "invalid JSON (%s)" % e)
     if not isinstance(entries, list):
         raise ConfigError(variable, "expected a JSON list of objects, got %s" % type(entries).__name__)
     for entry in entries:
         if not isinstance(entry, dict):
             raise ConfigError(variable, "expected a JSON list of objects, found %s" % json.dumps(entry))
+        unknown = sorted(set(entry) - set(JSON_KEYS[variable]))
+        if unknown:
+            import difflib
+            close = difflib.get_close_matches(unknown[0], JSON_KEYS[variable], n=1)
+            raise ConfigError(variable, "unknown key %r in %s (%s)" % (
+                unknown[0], json.dumps(entry), "did you mean %r?" % close[0] if close
+                else "known: " + ", ".join(JSON_KEYS[variable])))
     return entries
+
+
+JSON_KEYS = {
+    "DEPENDENCY_JOBS_JSON": ("name", "labels", "namespace"),
+    "DEPENDENCY_POD_JSON": ("labels", "namespace", "requireSameNode"),
+    "DEPENDENCY_CUSTOM_RESOURCE": ("apiVersion", "kind", "name", "namespace", "fields", "conditions"),
+}
 
 
 def json_string(variable, entry, key, required=False):
@@ -310,7 +339,7 @@ def parse_custom_resources(variable, value, settings):
     for entry in parse_json_list(variable, value):
         api_version = json_string(variable, entry, "apiVersion", required=True)
         kind = json_string(variable, entry, "kind", required=True)
-        name = check_name(variable, json_string(variable, entry, "name", required=True))
+        name = json_string(variable, entry, "name", required=True)  # some kinds allow any name
         if api_version.count("/") > 1:
             raise ConfigError(variable, "apiVersion %r is not group/version or v1" % api_version)
         namespace = json_namespace(variable, entry, settings)
@@ -351,8 +380,11 @@ def render_template(variable, source, text, values):
         name = match.group("named")
         if name not in values:
             start = match.start()
-            end = text.find("}}", start)
-            placeholder = text[start:end + 2] if end >= 0 else text[start:start + 20]
+            line_end = text.find("\n", start)
+            if line_end < 0:
+                line_end = len(text)
+            end = text.find("}}", start, line_end)
+            placeholder = text[start:end + 2] if end >= 0 else text[start:min(line_end, start + 20)]
             line = text.count("\n", 0, start) + 1
             raise ConfigError(variable, "unknown placeholder %s in %s line %d (known: %s)"
                               % (placeholder, source, line,
@@ -430,11 +462,13 @@ def parse_configs(variable, value, settings):
             raise ConfigError(variable, "%r does not name a file" % destination)
         source = os.path.join(settings.configmaps_dir, base, base)
         try:
-            with open(source) as f:
+            with open(source, encoding="utf-8") as f:
                 text = f.read()
         except OSError as e:
             raise ConfigError(variable, "cannot read template %s for %s: %s"
                               % (source, destination, e.strerror or e))
+        except ValueError:
+            raise ConfigError(variable, "template %s is not UTF-8 text" % source)
         deps.append(Dependency(needs_api=False, path=destination,
                                content=render_template(variable, source, text, values),
                                label="Config %s" % destination))
@@ -473,10 +507,12 @@ class TokenFile:
 
     def refresh(self, required=False):
         try:
-            with open(self.path) as f:
-                value = f.read().strip()
+            with open(self.path, "rb") as f:
+                value = f.read().decode("ascii").strip()
         except OSError as e:
             value, problem = "", e.strerror
+        except ValueError:
+            value, problem = "", "the file is not a token (not ASCII text)"
         else:
             problem = "the file is empty"
         if value:
@@ -500,10 +536,17 @@ def api_server_url(env, variable_hint):
         if not value:
             raise ConfigError(name, "not set, but %s needs the Kubernetes API "
                                     "(Kubernetes sets it in every pod)" % variable_hint)
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not re.match(r"^[0-9]{1,5}$", port) or not 0 < int(port) < 65536:
         raise ConfigError("KUBERNETES_SERVICE_PORT", "%r is not a port number" % port)
-    if ":" in host and not host.startswith("["):
-        host = "[%s]" % host
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in bare:
+        import ipaddress
+        try:
+            host = "[%s]" % ipaddress.IPv6Address(bare)
+        except ValueError:
+            raise ConfigError("KUBERNETES_SERVICE_HOST", "%r is not a host name or address" % host)
+    elif not re.match(r"^[A-Za-z0-9.-]+$", bare):
+        raise ConfigError("KUBERNETES_SERVICE_HOST", "%r is not a host name or address" % host)
     return "https://%s:%s" % (host, port)
 
 
@@ -556,7 +599,7 @@ class ApiClient:
             raise self._error(response, body)
         try:
             answer = json.loads(body.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):
             answer = None
         if not isinstance(answer, dict):
             raise ApiError(None, "malformed answer from the API server for %s" % path.split("?")[0])
@@ -584,7 +627,7 @@ class ApiClient:
                 if line.strip():
                     try:
                         event = json.loads(line.decode("utf-8"))
-                    except ValueError:
+                    except (ValueError, RecursionError):
                         raise ApiError(None, "malformed watch event from the API server",
                                        "Malformed")
                     yield event
@@ -596,7 +639,7 @@ class ApiClient:
     def _error(self, response, body):
         try:
             status = json.loads(body.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):
             status = None
         status = status if isinstance(status, dict) else {}
         retry_after = response.getheader("Retry-After", "")
@@ -1004,12 +1047,12 @@ def not_met(reason):
 
 
 def dig(obj, *keys):
-    """obj[k1][k2]... or None where any step is missing or not a mapping/list."""
+    """obj[k1][k2]... or None where any step is missing; a list takes an index (int or digits)."""
     for key in keys:
         if isinstance(obj, dict):
             obj = obj.get(key)
-        elif isinstance(obj, list) and isinstance(key, int) and -len(obj) <= key < len(obj):
-            obj = obj[key]
+        elif isinstance(obj, list) and str(key).isdigit() and int(key) < len(obj):
+            obj = obj[int(key)]
         else:
             return None
     return obj
@@ -1163,12 +1206,13 @@ def check_custom_resource(dep, read):
         return not_met("the API server does not serve kind %s in %s (yet)"
                        % (dep.resource_kind, dep.api_version))
     namespace = dep.namespace if resource.get("namespaced") else None
+    if namespace is None:
+        dep.label = "%s %s" % (dep.resource_kind, dep.name)  # cluster-scoped: named without one
     obj = read.get(dep.api_version, resource["name"], namespace, dep.name)
     if obj is None:
         return not_met("not found")
     for key, want in dep.fields:
-        path = [int(k) if k.isdigit() else k for k in key.split(".")]
-        value = dig(obj, *path)
+        value = dig(obj, *key.split("."))
         if value is None:
             return not_met("field %s is missing, want %r" % (key, want))
         if field_text(value) != want:
@@ -1197,8 +1241,8 @@ def check_socket(dep, read):
 def write_file_atomically(path, content):
     """Write via a temporary file renamed over `path`, so no reader sees half a file.
 
-    Keeps an existing file's mode (else 0644). A single-file mount cannot be renamed over (EBUSY);
-    there the file is written in place.
+    Keeps an existing file's mode (else 0644). A single-file mount cannot be renamed over (EBUSY),
+    and its directory may be read-only: there the file is written in place.
     """
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -1208,7 +1252,12 @@ def write_file_atomically(path, content):
         mode = 0o644
     data = content.encode("utf-8")
     temporary = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as e:
+        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not os.path.isfile(path):
+            raise
+        return write_in_place(path, data)
     try:
         try:
             os.fchmod(fd, mode)
@@ -1220,8 +1269,12 @@ def write_file_atomically(path, content):
         os.unlink(temporary)
         if e.errno != errno.EBUSY:
             raise
-        with open(path, "wb") as f:
-            f.write(data)
+        write_in_place(path, data)
+
+
+def write_in_place(path, data):
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def check_config(dep, read):
@@ -1311,7 +1364,7 @@ def evaluate(dependency, read):
         return dependency.check(dependency, read)
     except ApiError as e:
         return not_met(str(e))
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as e:
         return not_met("unexpected answer from the API server (%s: %s)" % (type(e).__name__, e))
 
 
@@ -1323,7 +1376,8 @@ def wait_until_met(dependencies, read, interval=POLL_INTERVAL, clock=time.monoto
     """
     for dep in dependencies:
         log("INFO", "Resolving %s" % dep)
-    pending = [[dep, None] for dep in dependencies]  # [dependency, collections its check read]
+    # Local checks first: config files are written before any request can keep them waiting.
+    pending = [[dep, None] for dep in sorted(dependencies, key=lambda d: d.needs_api)]
     reasons = {}
     changed, new_round = set(), True
     next_round = clock() + interval
@@ -1388,6 +1442,8 @@ IN_PROCESS_COMMANDS = {"true", "/bin/true", "/usr/bin/true", "echo", "/bin/echo"
 def find_command(argv, path_variable):
     """The executable argv[0] names (PATH lookup), or None for a true/echo answered in-process."""
     name = argv[0]
+    if "/" in name and os.path.isdir(name):
+        raise CommandError(126, "COMMAND: %s is a directory" % name)
     if "/" in name:
         candidates = [name]
     else:

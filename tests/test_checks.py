@@ -375,3 +375,17 @@ def test_answers_of_the_wrong_shape_are_reasons_not_crashes():
     dependency.check = ke.check_custom_resource
     verdict = ke.evaluate(dependency, Odd())
     assert not verdict.met and "unexpected answer" in verdict.reason
+
+
+def test_custom_resource_field_path_with_digit_map_key():
+    read = DictReader({"v1": [{"name": "configmaps", "kind": "ConfigMap", "namespaced": True}]})
+    read.add("v1", "configmaps", {"metadata": meta("w"), "data": {"1": "x"}})
+    assert ke.check_custom_resource(cr_dep("ConfigMap", "v1", fields=[("data.1", "x")]), read).met
+
+
+def test_cluster_scoped_custom_resource_is_named_without_namespace():
+    read = DictReader(WIDGETS)
+    dependency = cr_dep("Gadget", "example.com/v2")
+    dependency.label = "Gadget w in namespace default"
+    ke.check_custom_resource(dependency, read)
+    assert dependency.label == "Gadget w"

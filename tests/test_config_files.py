@@ -123,3 +123,49 @@ def test_concurrent_reader_never_sees_half_a_file(tmp_path):
         stop.set()
         thread.join()
     assert seen and all(seen)
+
+
+def test_placeholder_error_is_one_line(tmp_path):
+    make_template(tmp_path / "configmaps", "x.conf", "x {{ .IP }\nmore }}\n")
+    with pytest.raises(ke.ConfigError) as caught:
+        config_deps(tmp_path, str(tmp_path / "x.conf"))
+    assert "\n" not in str(caught.value)
+
+
+def test_template_that_is_not_utf8(tmp_path):
+    make_template(tmp_path / "configmaps", "x.conf", "")
+    (tmp_path / "configmaps" / "x.conf" / "x.conf").write_bytes(b"x \xff")
+    with pytest.raises(ke.ConfigError) as caught:
+        config_deps(tmp_path, str(tmp_path / "x.conf"))
+    assert "not UTF-8" in str(caught.value)
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to drop to another user")
+def test_single_file_in_read_only_directory_is_written_in_place(tmp_path):
+    """A file mounted alone into a directory this user cannot write: no temporary file beside it."""
+    import shutil
+    import tempfile
+    make_template(tmp_path / "configmaps", "x.conf", "ip={{ .IP }}\n")
+    [dep] = config_deps(tmp_path, "/somewhere/x.conf")
+    directory = tempfile.mkdtemp()
+    try:
+        destination = os.path.join(directory, "x.conf")
+        with open(destination, "w") as f:
+            f.write("old")
+        os.chmod(destination, 0o666)
+        os.chmod(directory, 0o555)
+        dep.path = destination
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.setuid(65534)
+                os._exit(0 if ke.check_config(dep, None).met else 1)
+            except BaseException:
+                os._exit(3)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+        with open(destination) as f:
+            assert f.read() == "ip=127.0.0.1\n"
+    finally:
+        os.chmod(directory, 0o755)
+        shutil.rmtree(directory)

@@ -211,3 +211,54 @@ def test_api_server_port_must_be_a_number():
         ke.api_server_url({"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "https"},
                           "DEPENDENCY_SERVICE")
     assert caught.value.variable == "KUBERNETES_SERVICE_PORT"
+
+
+@pytest.mark.parametrize("host, port, variable", [
+    ("1:2:3", "443", "KUBERNETES_SERVICE_HOST"),
+    ("[::1", "443", "KUBERNETES_SERVICE_HOST"),
+    ("a b", "443", "KUBERNETES_SERVICE_HOST"),
+    ("10.0.0.1", "\u00b2", "KUBERNETES_SERVICE_PORT"),
+    ("10.0.0.1", "70000", "KUBERNETES_SERVICE_PORT"),
+])
+def test_odd_api_server_settings(host, port, variable):
+    with pytest.raises(ke.ConfigError) as caught:
+        ke.api_server_url({"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port}, "X")
+    assert caught.value.variable == variable
+
+
+def test_bad_base_namespace(tmp_path):
+    error = config_error(tmp_path, NAMESPACE="Open Stack", DEPENDENCY_SERVICE="db")
+    assert error.variable == "NAMESPACE"
+    sa = tmp_path / "sa"
+    sa.mkdir()
+    (sa / "namespace").write_bytes(b"bad\xff")
+    error = config_error(tmp_path, ENTRYPOINT_SERVICEACCOUNT_DIR=str(sa), DEPENDENCY_SOCKET="/x")
+    assert error.variable == "NAMESPACE" and "namespace" in str(error)
+
+
+def test_unknown_json_key_is_a_typo(tmp_path):
+    error = config_error(tmp_path, DEPENDENCY_JOBS_JSON='[{"name": "j", "namepsace": "other"}]')
+    assert error.variable == "DEPENDENCY_JOBS_JSON" and "did you mean 'namespace'?" in str(error)
+
+
+def test_deeply_nested_json_is_an_error(tmp_path):
+    error = config_error(tmp_path, DEPENDENCY_JOBS_JSON="[" * 100000)
+    assert "invalid JSON" in str(error)
+
+
+def test_huge_poll_interval_is_an_error():
+    with pytest.raises(ke.ConfigError):
+        ke.read_settings({"ENTRYPOINT_POLL_INTERVAL": "1e10"})
+
+
+def test_custom_resource_names_may_be_anything_kubernetes_allows(tmp_path):
+    value = '[{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", ' \
+            '"name": "system:aggregate-to-admin"}]'
+    [dep] = parse(tmp_path, DEPENDENCY_CUSTOM_RESOURCE=value)
+    assert dep.name == "system:aggregate-to-admin"
+
+
+def test_directory_as_command_is_not_executable(tmp_path):
+    with pytest.raises(ke.CommandError) as caught:
+        ke.find_command([str(tmp_path)], "")
+    assert caught.value.code == 126

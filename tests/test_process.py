@@ -295,3 +295,41 @@ def test_every_import_is_in_the_standard_library():
     modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert "ssl" in modules and "json" in modules
     subprocess.check_call([sys.executable, "-I", "-S", "-c", "import " + ", ".join(sorted(modules))])
+
+
+def test_discovery_looked_at_again_until_the_kind_is_served(api, entrypoint):
+    """The group is served already (another kind), the wanted kind's CRD comes later."""
+    api.register_resource("example.com/v1", "foos", "Foo")
+    run = entrypoint(dict(api.env(), DEPENDENCY_CUSTOM_RESOURCE=json.dumps(
+        [{"apiVersion": "example.com/v1", "kind": "Bar", "name": "b1"}])))
+    wait_for(lambda: len([r for r in api.requests if r.path == "/apis/example.com/v1"]) >= 2)
+    assert run.running() and run.report() is None
+    api.register_resource("example.com/v1", "bars", "Bar")
+    api.put(k8s.custom("example.com/v1", "Bar", "b1", "default"))
+    run.assert_execd()
+
+
+def test_cluster_scoped_resource_named_without_namespace(api, entrypoint):
+    api.put({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}})
+    run = entrypoint(dict(api.env(), DEPENDENCY_CUSTOM_RESOURCE=json.dumps(
+        [{"apiVersion": "v1", "kind": "Namespace", "name": "kube-system"}])))
+    run.assert_execd()
+    assert "Dependency Namespace kube-system is resolved." in run.stdout
+
+
+def test_token_that_is_not_text_exits_2(api, entrypoint):
+    (api.sa_dir / "token").write_bytes(b"tok\xff")
+    run = entrypoint(dict(api.env(), DEPENDENCY_SERVICE="db"))
+    assert run.finish() == 2 and "ENTRYPOINT_SERVICEACCOUNT_DIR" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_closed_stdout_is_no_crash(tmp_path):
+    import subprocess
+    (tmp_path / "ready").write_text("")
+    code = subprocess.call([sys.executable, "-I", "-S", SCRIPT], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, close_fds=True, pass_fds=(),
+                           env={"DEPENDENCY_SOCKET": str(tmp_path / "ready"), "COMMAND": "",
+                                "PATH": "/usr/bin:/bin"},
+                           preexec_fn=lambda: os.close(1))
+    assert code == 0
