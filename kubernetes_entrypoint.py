@@ -831,16 +831,15 @@ class ApiReader:
             query["labelSelector"] = labels
         if fields:
             query["fieldSelector"] = fields
+        path = self.client.path(group_version, resource, namespace)
         if resource is None:
             mode = "discovery"
-        elif self.watch_allowed and self.client.path(group_version, resource, namespace) \
-                not in self.watch_refused:
+        elif self.watch_allowed and path not in self.watch_refused:
             mode = "watch"
         else:
             mode = "poll"
         return Collection(key=key, group_version=group_version, resource=resource,
-                          namespace=namespace, name=name, query=query, mode=mode,
-                          path=self.client.path(group_version, resource, namespace),
+                          namespace=namespace, name=name, query=query, mode=mode, path=path,
                           items=None, error=None, resource_version=None, failures=0,
                           next_refresh=0.0, watcher=None, stopped=False)
 
@@ -852,8 +851,8 @@ class ApiReader:
             if e.status == 403 and collection.mode in ("watch", "poll") and collection.name:
                 collection.mode = "get"
                 self._say_once(("list", collection.path),
-                               "API refused list %s (403): reading it by name instead; grant 'list' "
-                               "to read it in fewer requests" % self._describe(collection))
+                               "API refused list %s (403): polling it by name instead; grant 'list' "
+                               "and 'watch' to react at once" % self._describe(collection))
                 return self.refresh(collection)
             if e.status == 403:
                 self._log_refusal("list" if collection.mode in ("watch", "poll") else "get",
