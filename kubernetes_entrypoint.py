@@ -35,15 +35,45 @@ TOKEN_REREAD_AFTER = 60.0    # the kubelet rotates the token; reread it at least
 # Logging: one place writes every line, so the format cannot drift.
 # --------------------------------------------------------------------------------------------
 
-def log(level, message):
-    """Write `Entrypoint LEVEL: YYYY/MM/DD HH:MM:SS message`; errors to stderr, the rest to stdout."""
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG = types.SimpleNamespace(json=False, threshold=LEVELS.index("INFO"))
+
+
+def log(level, message, dependency=None):
+    """Write one line about this program's own work; errors to stderr, the rest to stdout.
+
+    Text (the original's format): `Entrypoint LEVEL: YYYY/MM/DD HH:MM:SS message`. JSON
+    (ENTRYPOINT_LOG_FORMAT=json): {"time", "level", "message", "dependency" when about one}.
+    """
+    if LEVELS.index(level) < LOG.threshold:
+        return
     stream = sys.stderr if level == "ERROR" else sys.stdout
     if stream is None:  # started with that stream closed: nowhere to write
         return
-    stamp = time.strftime("%Y/%m/%d %H:%M:%S")
-    line = "Entrypoint %s: %s %s\n" % (level, stamp, message)
+    now = time.time()
+    if LOG.json:
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
+                  + ".%03dZ" % (now % 1 * 1000), "level": level.lower(), "message": message}
+        if dependency is not None:
+            record["dependency"] = str(dependency)
+        line = json.dumps(record) + "\n"
+    else:
+        line = "Entrypoint %s: %s %s\n" % (level, time.strftime("%Y/%m/%d %H:%M:%S",
+                                                               time.localtime(now)), message)
     stream.write(line.encode("utf-8", "backslashreplace").decode("utf-8"))
     stream.flush()
+
+
+def configure_logging(env):
+    """ENTRYPOINT_LOG_FORMAT (text or json) and ENTRYPOINT_LOG_LEVEL (debug adds API requests)."""
+    log_format = env.get("ENTRYPOINT_LOG_FORMAT", "").strip().lower() or "text"
+    level = env.get("ENTRYPOINT_LOG_LEVEL", "").strip().upper() or "INFO"
+    if log_format not in ("text", "json"):
+        raise ConfigError("ENTRYPOINT_LOG_FORMAT", "%r is not text or json" % log_format)
+    if level not in LEVELS:
+        raise ConfigError("ENTRYPOINT_LOG_LEVEL", "%r is not one of %s"
+                          % (level.lower(), ", ".join(v.lower() for v in LEVELS)))
+    LOG.json, LOG.threshold = log_format == "json", LEVELS.index(level)
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,7 +128,11 @@ def read_settings(env):
         interface=env.get("INTERFACE_NAME", "").strip(),
         serviceaccount_dir=sa_dir,
         configmaps_dir=env.get("ENTRYPOINT_CONFIGMAPS_DIR") or DEFAULT_CONFIGMAPS_DIR,
-        poll_interval=positive_seconds(env, "ENTRYPOINT_POLL_INTERVAL", POLL_INTERVAL, 3600),
+        poll_interval=seconds_setting(env, "ENTRYPOINT_POLL_INTERVAL", POLL_INTERVAL, 3600),
+        timeout=seconds_setting(env, "ENTRYPOINT_TIMEOUT", 0, YEAR, zero_allowed=True),
+        progress_interval=seconds_setting(env, "ENTRYPOINT_PROGRESS_INTERVAL", 30, YEAR,
+                                          zero_allowed=True),
+        api_server=api_server_setting(env.get("ENTRYPOINT_API_SERVER", "").strip()),
     )
 
 
@@ -111,7 +145,11 @@ def read_text(path):
         return ""
 
 
-def positive_seconds(env, variable, default, maximum):
+YEAR = 365 * 24 * 3600
+
+
+def seconds_setting(env, variable, default, maximum, zero_allowed=False):
+    """A number of seconds from the environment; 0 only where it means "off"."""
     value = env.get(variable, "").strip()
     if not value:
         return default
@@ -119,10 +157,40 @@ def positive_seconds(env, variable, default, maximum):
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not 0 < seconds <= maximum:
-        raise ConfigError(variable, "%r is not a number of seconds above 0 and at most %d"
-                          % (value, maximum))
+    if not (0 <= seconds if zero_allowed else 0 < seconds) or not seconds <= maximum:
+        raise ConfigError(variable, "%r is not a number of seconds (%s0, at most %d)"
+                          % (value, "at least " if zero_allowed else "above ", maximum))
     return seconds
+
+
+def api_server_setting(url):
+    """ENTRYPOINT_API_SERVER: https://... (token and CA as in a pod), or http:// to this machine only
+    (kubectl proxy); plain HTTP elsewhere would send requests unprotected."""
+    if not url:
+        return None
+    import urllib.parse
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("ENTRYPOINT_API_SERVER", "%r is not an http:// or https:// URL" % url)
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ConfigError("ENTRYPOINT_API_SERVER", "plain http is only for this machine (kubectl "
+                                                   "proxy on 127.0.0.1); use https for %s"
+                          % parts.hostname)
+    return url
+
+
+def is_loopback(host):
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def split_list(value):
@@ -551,32 +619,44 @@ def api_server_url(env, variable_hint):
 
 
 class ApiClient:
-    """GETs and watch streams, each thread on its own kept-alive connection, always verified."""
+    """GETs and watch streams, each thread on its own kept-alive connection.
+
+    HTTPS is always verified against the service-account CA and sends the token. Plain HTTP is
+    only for `kubectl proxy` on this machine (ENTRYPOINT_API_SERVER), which authenticates itself.
+    """
 
     def __init__(self, server_url, serviceaccount_dir, timeout=REQUEST_TIMEOUT):
         import http.client
-        import ssl
         import urllib.parse
         self._http = http.client
         self._quote = urllib.parse.quote
         self._urlencode = urllib.parse.urlencode
-        ca_path = os.path.join(serviceaccount_dir, "ca.crt")
-        try:
-            context = ssl.create_default_context(cafile=ca_path)
-        except (OSError, ssl.SSLError) as e:
-            raise ConfigError("ENTRYPOINT_SERVICEACCOUNT_DIR",
-                              "cannot load the API server's CA %s (%s); refusing to connect unverified"
-                              % (ca_path, getattr(e, "strerror", None) or e))
-        self.token = TokenFile(os.path.join(serviceaccount_dir, "token"))
         url = urllib.parse.urlsplit(server_url)
-        self._host, self._port = url.hostname, url.port or 443
-        self._context = context
+        self._host, self._port, self._prefix = url.hostname, url.port, url.path.rstrip("/")
         self._timeout = timeout
         self._local = threading.local()
+        self._context = None
+        self.token = None
+        if url.scheme == "https":
+            import ssl
+            ca_path = os.path.join(serviceaccount_dir, "ca.crt")
+            try:
+                self._context = ssl.create_default_context(cafile=ca_path)
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError("ENTRYPOINT_SERVICEACCOUNT_DIR",
+                                  "cannot load the API server's CA %s (%s); refusing to connect "
+                                  "unverified" % (ca_path, getattr(e, "strerror", None) or e))
+            self.token = TokenFile(os.path.join(serviceaccount_dir, "token"))
+
+    def _connect(self, timeout):
+        if self._context is None:
+            return self._http.HTTPConnection(self._host, self._port or 80, timeout=timeout)
+        return self._http.HTTPSConnection(self._host, self._port or 443, context=self._context,
+                                          timeout=timeout)
 
     def path(self, group_version, resource, namespace=None, name=None):
         """The URL path of a collection, an object or discovery; the one place URLs are built."""
-        parts = ["/api/v1" if group_version == "v1" else "/apis/" + group_version]
+        parts = [self._prefix + ("/api/v1" if group_version == "v1" else "/apis/" + group_version)]
         if namespace:
             parts += ["namespaces", self._quote(namespace, safe="")]
         if resource:
@@ -653,7 +733,7 @@ class ApiClient:
         if query:
             path += "?" + self._urlencode(query)
         response = self._send(path, timeout)
-        if response.status == 401:
+        if response.status == 401 and self.token is not None:
             response.read()
             self.token.refresh()
             response = self._send(path, timeout)
@@ -661,21 +741,26 @@ class ApiClient:
 
     def _send(self, path, timeout):
         """One GET on this thread's kept-alive connection; one the server closed is reopened once."""
-        headers = {"Authorization": "Bearer " + self.token.current(), "Accept": "application/json",
-                   "User-Agent": "kubernetes-entrypoint/" + __version__}
+        headers = {"Accept": "application/json", "User-Agent": "kubernetes-entrypoint/" + __version__}
+        if self.token is not None:
+            headers["Authorization"] = "Bearer " + self.token.current()
         for attempt in (1, 2):
             connection = getattr(self._local, "connection", None)
             reused = connection is not None
             if not reused:
-                connection = self._http.HTTPSConnection(self._host, self._port,
-                                                        context=self._context, timeout=timeout)
-                self._local.connection = connection
+                connection = self._local.connection = self._connect(timeout)
             elif connection.sock is not None:
                 connection.sock.settimeout(timeout)
+            started = time.monotonic()
             try:
                 connection.request("GET", path, headers=headers)
-                return connection.getresponse()
+                response = connection.getresponse()
+                log("DEBUG", "GET %s: %d in %.0f ms" % (path, response.status,
+                                                        (time.monotonic() - started) * 1000))
+                return response
             except (OSError, self._http.HTTPException) as e:
+                log("DEBUG", "GET %s: failed after %.0f ms (%s)" % (
+                    path, (time.monotonic() - started) * 1000, str(e) or type(e).__name__))
                 self.close()
                 if reused and attempt == 1 and isinstance(
                         e, (self._http.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
@@ -1277,7 +1362,14 @@ def write_in_place(path, data):
 
 
 def check_config(dep, read):
-    """The rendered template is written to its destination (retried while it cannot be)."""
+    """The rendered template is written to its destination (retried while it cannot be).
+
+    With `dry_run` (--check) nothing is written: met when the file already holds the rendering.
+    """
+    if getattr(dep, "dry_run", False):
+        if not os.path.exists(dep.path):
+            return not_met("not written yet")
+        return MET if read_text(dep.path) == dep.content else not_met("differs from the rendering")
     try:
         write_file_atomically(dep.path, dep.content)
     except OSError as e:
@@ -1367,48 +1459,97 @@ def evaluate(dependency, read):
         return not_met("unexpected answer from the API server (%s: %s)" % (type(e).__name__, e))
 
 
-def wait_until_met(dependencies, read, interval=POLL_INTERVAL, clock=time.monotonic,
-                   sleep=time.sleep):
-    """Check every dependency; re-check one when a collection it read changes (a watch event, or a
-    poll round that found a difference), or every round if it reads nothing from the API. Return
-    the moment the last one is met.
+class Waiting:
+    """The wait for a set of dependencies: which are still unmet, why, and for how long.
+
+    run() checks every dependency, then re-checks one when a collection it read changes (a watch
+    event, or a poll round that found a difference), or every round if it reads nothing from the
+    API. It returns True the moment the last one is met, False when the timeout passes; unmet()
+    says what was still missing then, or when a signal stopped the wait.
     """
-    for dep in dependencies:
-        log("INFO", "Resolving %s" % dep)
-    # Local checks first: config files are written before any request can keep them waiting.
-    pending = [[dep, None] for dep in sorted(dependencies, key=lambda d: d.needs_api)]
-    reasons = {}
-    changed, new_round = set(), True
-    next_round = clock() + interval
-    while True:
-        for entry in list(pending):
-            dep, reads = entry
-            if reads is not None and not reads & changed and not (new_round and not reads):
-                continue
-            if read is not None:
-                read.begin()
-            verdict = evaluate(dep, read)
-            entry[1] = read.end() if read is not None else set()
-            if verdict.met:
-                log("INFO", "Dependency %s is resolved." % dep)
-                pending.remove(entry)
-            elif reasons.get(id(dep)) != verdict.reason:
-                reasons[id(dep)] = verdict.reason
-                log("WARNING", "Resolving dependency %s failed: %s ." % (dep, verdict.reason))
-        if not pending:
-            return
-        in_use = set().union(*(reads for _, reads in pending))
-        if read is None:
-            sleep(max(0.0, next_round - clock()))
-            changed = set()
-        else:
-            read.follow(in_use)
-            changed = read.wait(next_round - clock())
-        new_round = clock() >= next_round
-        if new_round:
-            next_round = clock() + interval
-            if read is not None:
-                changed |= read.poll(in_use)
+
+    def __init__(self, dependencies, read, interval=POLL_INTERVAL, clock=time.monotonic,
+                 sleep=time.sleep):
+        self.dependencies = dependencies
+        self.read = read
+        self.interval = interval
+        self.clock = clock
+        self.sleep = sleep
+        # Local checks first: config files are written before any request can keep them waiting.
+        self.pending = [[dep, None] for dep in sorted(dependencies, key=lambda d: d.needs_api)]
+        self.reasons = {}
+        self.started = clock()
+
+    def waited(self):
+        return self.clock() - self.started
+
+    def unmet(self):
+        """(dependency, its last reason) for each dependency not met."""
+        return [(dep, self.reasons.get(id(dep), "not checked yet")) for dep, _ in self.pending]
+
+    def run(self, timeout=0, progress_every=0):
+        """Wait until all are met (True) or `timeout` seconds pass (False); 0 means no limit."""
+        for dep in self.dependencies:
+            log("INFO", "Resolving %s" % dep, dep)
+        forever = float("inf")
+        deadline = self.started + timeout if timeout else forever
+        next_progress = self.started + progress_every if progress_every else forever
+        changed, new_round = set(), True
+        next_round = self.clock() + self.interval
+        while True:
+            for entry in list(self.pending):
+                reads = entry[1]
+                if reads is None or reads & changed or (new_round and not reads):
+                    self._check(entry)
+            if not self.pending:
+                return True
+            now = self.clock()
+            if now >= deadline:
+                return False
+            if now >= next_progress:
+                self._log_progress()
+                next_progress = now + progress_every
+            wake = min(next_round, deadline, next_progress) - now
+            in_use = set().union(*(reads for _, reads in self.pending))
+            if self.read is None:
+                self.sleep(max(0.0, wake))
+                changed = set()
+            else:
+                self.read.follow(in_use)
+                changed = self.read.wait(wake)
+            new_round = self.clock() >= next_round
+            if new_round:
+                next_round = self.clock() + self.interval
+                if self.read is not None:
+                    changed |= self.read.poll(in_use)
+
+    def _check(self, entry):
+        dep = entry[0]
+        if self.read is not None:
+            self.read.begin()
+        verdict = evaluate(dep, self.read)
+        entry[1] = self.read.end() if self.read is not None else set()
+        if verdict.met:
+            log("INFO", "Dependency %s is resolved." % dep, dep)
+            self.pending.remove(entry)
+        elif self.reasons.get(id(dep)) != verdict.reason:
+            self.reasons[id(dep)] = verdict.reason
+            log("WARNING", "Resolving dependency %s failed: %s ." % (dep, verdict.reason), dep)
+
+    def _log_progress(self):
+        log("INFO", "Still waiting after %s for %d of %d dependencies: %s" % (
+            duration(self.waited()), len(self.pending), len(self.dependencies),
+            "; ".join("%s: %s" % item for item in self.unmet())))
+
+
+def duration(seconds):
+    """`45s`, `3m05s`, `2h00m`: how long, for people."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return "%ds" % seconds
+    if seconds < 3600:
+        return "%dm%02ds" % divmod(seconds, 60)
+    return "%dh%02dm" % divmod(seconds // 60, 60)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1492,27 +1633,158 @@ def exec_command(argv, executable):
         return 127 if e.errno == errno.ENOENT else 126
 
 
-def prepare(env):
-    """Everything that can fail before waiting: settings, dependencies, reader or None, argv, executable."""
+SETTINGS_HELP = [
+    ("COMMAND", "the command to exec once everything is met (split on whitespace); or give it as "
+                "arguments. Empty: exit 0 when met"),
+    ("NAMESPACE", "namespace of names without ns: (default: the service account's, else default)"),
+    ("POD_NAME", "this pod's name (downward API), for CONTAINER, DAEMONSET, requireSameNode"),
+    ("INTERFACE_NAME", "interface whose address {{ .IP }} templates, for CONFIG"),
+    ("KUBERNETES_SERVICE_HOST/_PORT", "the API server, as Kubernetes sets them in every pod"),
+    ("ENTRYPOINT_API_SERVER", "another API server URL: https://... with the service-account "
+                              "token and CA, or http://127.0.0.1:8001 (kubectl proxy)"),
+    ("ENTRYPOINT_SERVICEACCOUNT_DIR", "token, ca.crt, namespace (default %s)"
+                                      % DEFAULT_SERVICEACCOUNT_DIR),
+    ("ENTRYPOINT_CONFIGMAPS_DIR", "where CONFIG templates are (default %s)" % DEFAULT_CONFIGMAPS_DIR),
+    ("ENTRYPOINT_TIMEOUT", "give up after this many seconds, exit 1 (default 0: never)"),
+    ("ENTRYPOINT_POLL_INTERVAL", "seconds between polls where watch is refused (default 2)"),
+    ("ENTRYPOINT_PROGRESS_INTERVAL", "seconds between lines saying what is still unmet (default 30; "
+                                     "0: none)"),
+    ("ENTRYPOINT_LOG_FORMAT", "text (default) or json"),
+    ("ENTRYPOINT_LOG_LEVEL", "debug (adds every API request), info (default), warning, error"),
+]
+EXIT_CODES = [
+    ("0", "everything met and no command to run (or --check: everything met)"),
+    ("1", "timed out (--check: something not met)"),
+    ("2", "configuration error: one line names the variable; the command never runs"),
+    ("126, 127", "the command is not executable, or not found"),
+    ("130, 143", "stopped by SIGINT or SIGTERM while waiting"),
+    ("otherwise", "the command's own: it replaced this process"),
+]
+
+
+def help_text():
+    """The variables and exit codes, derived from the tables so that --help cannot drift."""
+    rows = [(kind.variable, kind.example) for kind in KINDS] + SETTINGS_HELP
+    width = max(len(name) for name, _ in rows)
+    lines = ["dependencies and settings (environment):"]
+    lines += ["  %-*s  %s" % (width, name, text) for name, text in rows]
+    lines += ["", "exit codes:"] + ["  %-9s  %s" % row for row in EXIT_CODES]
+    return "\n".join(lines)
+
+
+def parse_arguments(arguments):
+    """Options first; from the first non-option (or after --) everything is the command, untouched."""
+    defaults = types.SimpleNamespace(timeout=None, check=False, validate=False, command=[])
+    if not arguments:
+        return defaults  # the common case needs no argparse at all
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ConfigError("arguments", message)
+
+    parser = Parser(
+        prog="kubernetes-entrypoint", formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s [options] [--] [command ...]", epilog=help_text(),
+        description="Wait until the Kubernetes dependencies in DEPENDENCY_* variables are met, "
+                    "then exec the command (arguments, or COMMAND).")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="give up after this long, exit 1 (overrides ENTRYPOINT_TIMEOUT)")
+    parser.add_argument("--check", action="store_true",
+                        help="check every dependency once, print a table, exit 0 if all are met, "
+                             "else 1; writes no file, runs no command")
+    parser.add_argument("--validate", action="store_true",
+                        help="parse and print the dependencies without touching the API or "
+                             "writing any file; exit 2 on any error")
+    parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
+    parser.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    options = parser.parse_args(arguments)
+    if options.command[:1] == ["--"]:
+        options.command = options.command[1:]
+    if options.timeout is not None and not 0 <= options.timeout <= YEAR:
+        raise ConfigError("--timeout", "%g is not a number of seconds (0 to %d)"
+                          % (options.timeout, YEAR))
+    return options
+
+
+def prepare(env, options, connect=True):
+    """Everything that can fail before waiting: settings, dependencies, reader or None, argv.
+
+    The reader exists only when some dependency needs the API (and `connect`).
+    """
     settings = read_settings(env)
     dependencies = parse_dependencies(env, settings)
     argv = split_command(env.get("COMMAND", ""))
-    executable = find_command(argv, env.get("PATH", os.defpath)) if argv else None
+    if argv and options.command:
+        raise ConfigError("COMMAND", "a command is given both in COMMAND and as arguments; "
+                                     "give only one")
+    argv = argv or options.command
     reader = None
     api_variables = [d.variable for d in dependencies if d.needs_api]
-    if api_variables:
-        url = api_server_url(env, api_variables[0])
-        reader = ApiReader(ApiClient(url, settings.serviceaccount_dir), settings.poll_interval)
-    return settings, dependencies, reader, argv, executable
+    if api_variables and connect:
+        url = settings.api_server or api_server_url(env, api_variables[0])
+        reader = ApiReader(ApiClient(url, settings.serviceaccount_dir), settings.poll_interval,
+                           watch=not options.check)
+    return settings, dependencies, reader, argv
 
 
-def main(env=None):
+def validate(dependencies, argv, env):
+    """--validate: the dependencies as parsed, and the command as it would run."""
+    for dep in dependencies:
+        print(dep)
+    if argv:
+        executable = find_command(argv, env.get("PATH", os.defpath))
+        print("command: %s" % " ".join([executable or argv[0] + " (answered in-process)"]
+                                       + argv[1:]))
+    else:
+        print("command: none (exit 0 once everything is met)")
+    return 0
+
+
+def check_once(dependencies, read):
+    """--check: every dependency once, as a table; 0 if all are met, else 1. Writes nothing."""
+    rows = []
+    for dep in dependencies:
+        dep.dry_run = True
+        verdict = evaluate(dep, read)
+        rows.append((str(dep), "yes" if verdict.met else "no", verdict.reason))
+    width = max([len("DEPENDENCY")] + [len(row[0]) for row in rows])
+    print("%-*s  MET  REASON" % (width, "DEPENDENCY"))
+    for row in rows:
+        print("%-*s  %-3s  %s" % (width, row[0], row[1], row[2]))
+    return 0 if all(row[1] == "yes" for row in rows) else 1
+
+
+def report_unmet(waiting, headline):
+    log("ERROR", "%s after %s waiting for %d of %d dependencies; the command was not run"
+        % (headline, duration(waiting.waited()), len(waiting.pending), len(waiting.dependencies)))
+    for dep, reason in waiting.unmet():
+        log("ERROR", "still unmet: %s: %s" % (dep, reason), dep)
+
+
+def main(arguments=None, env=None):
     env = os.environ if env is None else env
+    arguments = sys.argv[1:] if arguments is None else arguments
     signal.signal(signal.SIGTERM, on_stop_signal)
     signal.signal(signal.SIGINT, on_stop_signal)
+    waiting = None
     try:
-        settings, dependencies, reader, argv, executable = prepare(env)
-        wait_until_met(dependencies, reader, settings.poll_interval)
+        configure_logging(env)
+        options = parse_arguments(arguments)
+        settings, dependencies, reader, argv = prepare(env, options, connect=not options.validate)
+        if options.validate:
+            try:
+                return validate(dependencies, argv, env)
+            except CommandError as e:
+                raise ConfigError("COMMAND", str(e).split(": ", 1)[-1])
+        if options.check:
+            return check_once(dependencies, reader)
+        executable = find_command(argv, env.get("PATH", os.defpath)) if argv else None
+        waiting = Waiting(dependencies, reader, settings.poll_interval)
+        timeout = settings.timeout if options.timeout is None else options.timeout
+        if not waiting.run(timeout, settings.progress_interval):
+            report_unmet(waiting, "timed out")
+            return 1
         if not argv:
             log("WARNING", "COMMAND env is empty")
             return 0
@@ -1524,7 +1796,11 @@ def main(env=None):
         log("ERROR", str(e))
         return e.code
     except Stop as stop:
-        log("ERROR", "stopped by signal %d while waiting; the command was not run" % stop.signum)
+        name = signal.Signals(stop.signum).name
+        if waiting is not None:
+            report_unmet(waiting, "stopped by " + name)
+        else:
+            log("ERROR", "stopped by %s; the command was not run" % name)
         return 128 + stop.signum
 
 

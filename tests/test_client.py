@@ -113,13 +113,13 @@ def test_errors_carry_the_status_message(api):
 
 
 def test_paths():
-    client = ke.ApiClient.__new__(ke.ApiClient)
-    import urllib.parse
-    client._quote = urllib.parse.quote
+    client = ke.ApiClient("http://127.0.0.1:8001", "/nonexistent")  # plain http: no files needed
     assert client.path("v1", "pods", "ns", "p") == "/api/v1/namespaces/ns/pods/p"
     assert client.path("apps/v1", "daemonsets", "ns") == "/apis/apps/v1/namespaces/ns/daemonsets"
     assert client.path("example.com/v1", "gadgets", None, "g") == "/apis/example.com/v1/gadgets/g"
     assert client.path("example.com/v1", None) == "/apis/example.com/v1"
+    proxied = ke.ApiClient("http://localhost:8001/k8s/clusters/c1/", "/nonexistent")
+    assert proxied.path("v1", "pods", "ns") == "/k8s/clusters/c1/api/v1/namespaces/ns/pods"
 
 
 def test_ipv6_host_in_brackets():
@@ -154,7 +154,7 @@ def test_shared_reads_happen_once_per_round(api):
     api.put(k8s.pod("x", labels={"app": "x"}, node="n1", ready=True))
     env = dict(api.env(), POD_NAME="me", DEPENDENCY_CONTAINER="side", DEPENDENCY_DAEMONSET="ovs",
                DEPENDENCY_POD_JSON='[{"labels": {"app": "x"}, "requireSameNode": true}]')
-    ke.wait_until_met(parse(env), ke.ApiReader(client_for(api)), sleep=lambda s: None)
+    ke.Waiting(parse(env), ke.ApiReader(client_for(api))).run()
     reads_of_me = [r for r in api.requests if r.query.get("fieldSelector") == "metadata.name=me"]
     assert len(reads_of_me) == 1
 
@@ -165,7 +165,7 @@ def test_engine_polls_until_met_and_logs_reason_changes_once(api, capsys):
     read = ke.ApiReader(client_for(api), interval=0.05, watch=False)
     timer = threading.Timer(0.5, api.put, [k8s.job("init", succeeded=1)])
     timer.start()
-    ke.wait_until_met(deps, read, interval=0.05)
+    ke.Waiting(deps, read, interval=0.05).run()
     timer.join()
     polls = [r for r in api.requests if r.resource == "jobs"]
     assert 5 <= len(polls) <= 15 and all(r.verb == "list" for r in polls)
@@ -178,5 +178,5 @@ def test_api_errors_while_waiting_are_reasons_not_crashes(api, capsys):
     api.put(k8s.endpoint_slice("db"))
     deps = parse(dict(api.env(), DEPENDENCY_SERVICE="db"))
     api.inject(status=503, times=2)
-    ke.wait_until_met(deps, ke.ApiReader(client_for(api), interval=0.05), interval=0.05)
+    ke.Waiting(deps, ke.ApiReader(client_for(api), interval=0.05), interval=0.05).run()
     assert "503" in capsys.readouterr().out

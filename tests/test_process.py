@@ -276,7 +276,7 @@ def test_runs_isolated_without_site_packages():
     import subprocess
     code = ("import sys; sys.path.insert(0, %r)\n"
             "import kubernetes_entrypoint as k\n"
-            "k.prepare({'DEPENDENCY_SOCKET': '/x', 'PATH': ''})\n"
+            "k.prepare({'DEPENDENCY_SOCKET': '/x'}, k.parse_arguments([]))\n"
             "print(sorted(m for m in ('ssl', 'http.client', 'urllib.request') if m in sys.modules))"
             % os.path.dirname(SCRIPT))
     out = subprocess.check_output([sys.executable, "-I", "-S", "-c", code],
