@@ -42,15 +42,15 @@ class Entrypoint:
     runs as into `report_path`, so a test can tell whether (and as which process) it ran.
     """
 
-    def __init__(self, tmp_path, env, command=None):
+    def __init__(self, tmp_path, env, command=None, arguments=()):
         self.report_path = str(tmp_path / "report")
         full_env = {"PATH": "/usr/bin:/bin", "ENTRYPOINT_POLL_INTERVAL": "0.2",
                     "COMMAND": "%s %s arg1  arg2" % (REPORTER, self.report_path)}
-        if command is not None:
-            full_env["COMMAND"] = command
+        if command is not None or arguments:
+            full_env["COMMAND"] = command or ""
         full_env.update(env)
         self.process = subprocess.Popen(
-            [sys.executable, "-I", "-S", SCRIPT], env=full_env, cwd=str(tmp_path),
+            [sys.executable, "-I", "-S", SCRIPT] + list(arguments), env=full_env, cwd=str(tmp_path),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
         self.stdout = self.stderr = None
 
@@ -96,8 +96,8 @@ class Entrypoint:
 def entrypoint(tmp_path):
     started = []
 
-    def start(env, command=None):
-        run = Entrypoint(tmp_path, env, command)
+    def start(env, command=None, arguments=()):
+        run = Entrypoint(tmp_path, env, command, arguments)
         started.append(run)
         return run
 
