@@ -47,9 +47,6 @@ def log(level, message, dependency=None):
     """
     if LEVELS.index(level) < LOG.threshold:
         return
-    stream = sys.stderr if level == "ERROR" else sys.stdout
-    if stream is None:  # started with that stream closed: nowhere to write
-        return
     now = time.time()
     if LOG.json:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
@@ -60,8 +57,26 @@ def log(level, message, dependency=None):
     else:
         line = "Entrypoint %s: %s %s\n" % (level, time.strftime("%Y/%m/%d %H:%M:%S",
                                                                time.localtime(now)), message)
-    stream.write(line.encode("utf-8", "backslashreplace").decode("utf-8"))
-    stream.flush()
+    write(sys.stderr if level == "ERROR" else sys.stdout, line)
+
+
+def write(stream, text):
+    """Write unbuffered to the stream's file descriptor. A stream that was closed at start or whose
+    reader went away (a broken pipe) is not worth dying for: the text is dropped."""
+    if stream is None:
+        return
+    data = text.encode("utf-8", "backslashreplace")
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture): use it as it is
+        stream.write(data.decode("utf-8"))
+        stream.flush()
+        return
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    except OSError:
+        pass
 
 
 def configure_logging(env):
@@ -894,7 +909,7 @@ class ApiReader:
         """Refresh the polled collections in use that are due; return the keys whose answer changed."""
         now = self.clock()
         due = [c for k, c in self.collections.items() if k in in_use and c.next_refresh <= now
-               and (c.mode != "watch" or c.items is None)]
+               and (c.mode != "watch" or c.watcher is None and c.items is None)]
         return {c.key for c in due if self.refresh(c)}
 
     def wait(self, timeout):
@@ -931,7 +946,11 @@ class ApiReader:
     def refresh(self, collection):
         """Read the collection once (list, get by name, or discovery); True if its answer changed."""
         try:
-            items, resource_version = self._read(collection)
+            try:
+                items, resource_version = self._read(collection)
+            except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as e:
+                raise ApiError(None, "malformed answer for %s (%s: %s)" % (
+                    self._describe(collection), type(e).__name__, e), "Malformed")
         except ApiError as e:
             if e.status == 403 and collection.mode in ("watch", "poll") and collection.name:
                 collection.mode = "get"
@@ -993,34 +1012,42 @@ class ApiReader:
     def _watch(self, collection):
         """A watch thread: follow the collection from its list's resourceVersion, forever.
 
-        A stream that ends or breaks: resume from the last resourceVersion. ERROR 410 (history
-        compacted), an HTTP 410 or a malformed event: list again. Other failures: back off and
-        retry. Watch refused: hand the collection to the engine's polling and stop.
+        A stream that ends: resume from the last resourceVersion. ERROR 410 (history compacted):
+        list again at once. Any other failure: back off, list again (so that the answer stays
+        true while watching fails), and watch anew. Watch refused (403) or not supported (405):
+        hand the collection to the engine's polling and stop.
         """
         import random
         failures, relist = 0, False
         while not collection.stopped:
+            if (relist or collection.items is None) and not self._relist(collection):
+                failures += 1  # the list's own error is already logged
+                time.sleep(backoff(failures, self.interval, collection.error.retry_after))
+                continue
+            relist = False
+            seconds = WATCH_SECONDS + random.randint(0, 60)
+            query = dict(collection.query, watch="1", allowWatchBookmarks="true",
+                         timeoutSeconds=str(seconds))
+            if collection.resource_version:
+                query["resourceVersion"] = collection.resource_version
+            opened, events = time.monotonic(), 0
             try:
-                if (relist or collection.items is None) and not self._relist(collection):
-                    raise collection.error
-                relist = False
-                seconds = WATCH_SECONDS + random.randint(0, 60)
-                query = dict(collection.query, watch="1", allowWatchBookmarks="true",
-                             resourceVersion=collection.resource_version,
-                             timeoutSeconds=str(seconds))
                 for event in self.client.watch(collection.path, query, seconds + WATCH_SILENCE):
                     if collection.stopped:
                         return
                     self._apply(collection, event)
+                    events += 1
                     failures = 0
                     self._trouble(collection, None)
-                continue
+                if events or time.monotonic() - opened > 1:
+                    continue  # a normal end (timeoutSeconds): resume
+                error = ApiError(None, "watch stream ended at once")
             except ApiError as e:
                 error = e
             except (AttributeError, KeyError, TypeError, ValueError) as e:
                 error = ApiError(None, "unexpected watch event (%s: %s)" % (type(e).__name__, e),
                                  "Malformed")
-            if error.status == 403 and collection.mode == "watch":
+            if error.status in (403, 405) and collection.mode == "watch":
                 self._log_refusal("watch", collection, "polling every %gs instead; grant 'watch' "
                                   "to react at once" % self.interval)
                 self.watch_refused.add(collection.path)
@@ -1028,7 +1055,7 @@ class ApiReader:
             if collection.mode != "watch":
                 self.changes.put(collection.key)  # the engine polls it from now on
                 return
-            relist = error.status == 410 or error.reason == "Malformed"
+            relist = True
             if error.status != 410:
                 failures += 1
                 self._trouble(collection, error)
@@ -1087,19 +1114,19 @@ class ApiReader:
     def _trouble(self, collection, error):
         """Log a failing read when its error first appears or changes, and once more with a count
         when it clears: a repeating error is one line, not one per try."""
-        last = self.troubles.get(collection.key)
-        if error is None:
-            if last:
-                del self.troubles[collection.key]
-                log("INFO", "reading %s works again (it failed %d times: %s)"
-                    % (self._describe(collection), last[1], last[0]))
-            return
-        if error.status == 403:
-            return  # refusals are logged once, with the rule to add
-        if last and last[0] == str(error):
-            last[1] += 1
-        else:
-            self.troubles[collection.key] = [str(error), 1]
+        with self.lock:  # watch threads and the engine both report
+            last = self.troubles.get(collection.key)
+            if error is None:
+                self.troubles.pop(collection.key, None)
+            elif error.status != 403:  # refusals are logged once, with the rule to add
+                if last and last[0] == str(error):
+                    last[1] += 1
+                    return
+                self.troubles[collection.key] = [str(error), 1]
+        if error is None and last:
+            log("INFO", "reading %s works again (it failed %d times: %s)"
+                % (self._describe(collection), last[1], last[0]))
+        elif error is not None and error.status != 403:
             log("WARNING", "reading %s failed: %s; retrying" % (self._describe(collection), error))
 
 
@@ -1464,8 +1491,8 @@ class Waiting:
 
     run() checks every dependency, then re-checks one when a collection it read changes (a watch
     event, or a poll round that found a difference), or every round if it reads nothing from the
-    API. It returns True the moment the last one is met, False when the timeout passes; unmet()
-    says what was still missing then, or when a signal stopped the wait.
+    API. It returns the moment the last one is met; unmet() says what was still missing when a
+    signal (or the timeout's alarm) stopped the wait.
     """
 
     def __init__(self, dependencies, read, interval=POLL_INTERVAL, clock=time.monotonic,
@@ -1487,13 +1514,11 @@ class Waiting:
         """(dependency, its last reason) for each dependency not met."""
         return [(dep, self.reasons.get(id(dep), "not checked yet")) for dep, _ in self.pending]
 
-    def run(self, timeout=0, progress_every=0):
-        """Wait until all are met (True) or `timeout` seconds pass (False); 0 means no limit."""
+    def run(self, progress_every=0):
+        """Wait until every dependency is met, logging progress every `progress_every` seconds."""
         for dep in self.dependencies:
             log("INFO", "Resolving %s" % dep, dep)
-        forever = float("inf")
-        deadline = self.started + timeout if timeout else forever
-        next_progress = self.started + progress_every if progress_every else forever
+        next_progress = self.started + progress_every if progress_every else float("inf")
         changed, new_round = set(), True
         next_round = self.clock() + self.interval
         while True:
@@ -1502,14 +1527,12 @@ class Waiting:
                 if reads is None or reads & changed or (new_round and not reads):
                     self._check(entry)
             if not self.pending:
-                return True
+                return
             now = self.clock()
-            if now >= deadline:
-                return False
             if now >= next_progress:
                 self._log_progress()
                 next_progress = now + progress_every
-            wake = min(next_round, deadline, next_progress) - now
+            wake = min(next_round, next_progress) - now
             in_use = set().union(*(reads for _, reads in self.pending))
             if self.read is None:
                 self.sleep(max(0.0, wake))
@@ -1564,8 +1587,18 @@ class Stop(Exception):
         self.signum = signum
 
 
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGALRM")  # SIGALRM: ENTRYPOINT_TIMEOUT
+
+
+STOPPING = []  # the signal that stopped the wait, once one has
+
+
 def on_stop_signal(signum, frame):
-    raise Stop(signum)
+    """The first signal stops the wait; later ones are let go while the process reports and exits.
+    (Setting SIG_IGN here instead would race with signals already pending.)"""
+    if not STOPPING:
+        STOPPING.append(signum)
+        raise Stop(signum)
 
 
 class CommandError(Exception):
@@ -1605,16 +1638,15 @@ def find_command(argv, path_variable):
 def run_in_process(argv):
     """`true` and `echo` for images without coreutils (distroless)."""
     if os.path.basename(argv[0]) == "echo":
-        sys.stdout.write(" ".join(argv[1:]) + "\n")
-        sys.stdout.flush()
+        write(sys.stdout, " ".join(argv[1:]) + "\n")
     return 0
 
 
 def restore_signals():
     """Hand the command default signal dispositions and an empty mask (ignored signals survive exec)."""
-    for name in ("SIGPIPE", "SIGXFSZ", "SIGTERM", "SIGINT"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    for name in ("SIGPIPE", "SIGXFSZ") + STOP_SIGNALS:
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
@@ -1623,8 +1655,6 @@ def exec_command(argv, executable):
     """Replace this process with the command; only returns (an exit code) when that is impossible."""
     if executable is None:
         return run_in_process(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
     restore_signals()
     try:
         os.execv(executable, argv)
@@ -1731,13 +1761,13 @@ def prepare(env, options, connect=True):
 def validate(dependencies, argv, env):
     """--validate: the dependencies as parsed, and the command as it would run."""
     for dep in dependencies:
-        print(dep)
+        write(sys.stdout, "%s\n" % dep)
     if argv:
         executable = find_command(argv, env.get("PATH", os.defpath))
-        print("command: %s" % " ".join([executable or argv[0] + " (answered in-process)"]
-                                       + argv[1:]))
+        write(sys.stdout, "command: %s\n" % " ".join(
+            [executable or argv[0] + " (answered in-process)"] + argv[1:]))
     else:
-        print("command: none (exit 0 once everything is met)")
+        write(sys.stdout, "command: none (exit 0 once everything is met)\n")
     return 0
 
 
@@ -1749,9 +1779,8 @@ def check_once(dependencies, read):
         verdict = evaluate(dep, read)
         rows.append((str(dep), "yes" if verdict.met else "no", verdict.reason))
     width = max([len("DEPENDENCY")] + [len(row[0]) for row in rows])
-    print("%-*s  MET  REASON" % (width, "DEPENDENCY"))
-    for row in rows:
-        print("%-*s  %-3s  %s" % (width, row[0], row[1], row[2]))
+    write(sys.stdout, "".join("%-*s  %-3s  %s\n" % ((width,) + row)
+                              for row in [("DEPENDENCY", "MET", "REASON")] + rows))
     return 0 if all(row[1] == "yes" for row in rows) else 1
 
 
@@ -1765,8 +1794,8 @@ def report_unmet(waiting, headline):
 def main(arguments=None, env=None):
     env = os.environ if env is None else env
     arguments = sys.argv[1:] if arguments is None else arguments
-    signal.signal(signal.SIGTERM, on_stop_signal)
-    signal.signal(signal.SIGINT, on_stop_signal)
+    for name in STOP_SIGNALS:
+        signal.signal(getattr(signal, name), on_stop_signal)
     waiting = None
     try:
         configure_logging(env)
@@ -1782,9 +1811,10 @@ def main(arguments=None, env=None):
         executable = find_command(argv, env.get("PATH", os.defpath)) if argv else None
         waiting = Waiting(dependencies, reader, settings.poll_interval)
         timeout = settings.timeout if options.timeout is None else options.timeout
-        if not waiting.run(timeout, settings.progress_interval):
-            report_unmet(waiting, "timed out")
-            return 1
+        if timeout:  # an alarm, so that even a request that hangs cannot hold the process past it
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        waiting.run(settings.progress_interval)
+        signal.setitimer(signal.ITIMER_REAL, 0)
         if not argv:
             log("WARNING", "COMMAND env is empty")
             return 0
@@ -1796,6 +1826,9 @@ def main(arguments=None, env=None):
         log("ERROR", str(e))
         return e.code
     except Stop as stop:
+        if stop.signum == signal.SIGALRM:
+            report_unmet(waiting, "timed out")
+            return 1
         name = signal.Signals(stop.signum).name
         if waiting is not None:
             report_unmet(waiting, "stopped by " + name)

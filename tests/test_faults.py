@@ -1,6 +1,8 @@
 """Faults while waiting, then recovery: the command runs once its dependency is met, never early,
 and the process never crashes. Each kind that reads the API, with watch allowed and refused."""
 
+import time
+
 import pytest
 
 import fakeapi as k8s
@@ -80,3 +82,58 @@ def test_list_refused_reads_by_name(api, entrypoint):
     assert len(gets) >= 2  # polled by name until the condition held
     assert run.stdout.count("API refused list widgets.example.com w in namespace default") == 1
     assert "polling it by name instead" in run.stdout
+
+
+def test_list_answer_of_the_wrong_shape_is_retried(api, entrypoint):
+    api.deny("watch", "jobs")
+    api.put(k8s.job("j", active=1))
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="j", ENTRYPOINT_POLL_INTERVAL="0.1"))
+    wait_until_waiting(api)
+    api.inject(status=200, body=b'{"kind": "JobList", "metadata": {}, "items": 5}', times=3)
+    api.put(k8s.job("j", succeeded=1))
+    run.assert_execd()
+    assert "Traceback" not in run.stderr and "malformed answer" in run.stdout
+
+
+def test_watch_not_supported_falls_back_to_polling(api, entrypoint):
+    api.put(k8s.job("j", active=1))
+    api.inject(status=405, match="watch=1", times=None)
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="j", ENTRYPOINT_POLL_INTERVAL="0.1"))
+    wait_until_waiting(api)
+    api.put(k8s.job("j", succeeded=1))
+    run.assert_execd()
+    assert "'watch'" in run.stdout
+
+
+def test_failing_watch_keeps_the_answer_true_by_listing(api, entrypoint):
+    """Watching fails on and on (not refused): the lists between tries still see the change."""
+    api.put(k8s.job("j", active=1))
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="j", ENTRYPOINT_POLL_INTERVAL="0.1"))
+    wait_until_waiting(api)
+    api.inject(status=500, match="watch=1", times=None)
+    api.close_watches()
+    api.put(k8s.job("j", succeeded=1))
+    run.assert_execd()
+
+
+def test_stream_that_ends_at_once_is_retried_with_backoff(api, entrypoint):
+    api.put(k8s.job("j", active=1))
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="j", ENTRYPOINT_POLL_INTERVAL="0.1"))
+    wait_until_waiting(api)
+    api.clear_requests()
+    api.inject(status=200, body=b"", match="watch=1", times=None)
+    api.close_watches()
+    time.sleep(3)
+    assert len([r for r in api.requests if r.verb == "watch"]) <= 8
+    api.clear_faults()
+    api.put(k8s.job("j", succeeded=1))
+    run.assert_execd()
+
+
+def test_timeout_is_kept_even_while_requests_hang(api, entrypoint):
+    api.inject(hang=60, times=None)
+    run = entrypoint(dict(api.env(), DEPENDENCY_SERVICE="a,b,c", ENTRYPOINT_TIMEOUT="1.5"))
+    start = time.monotonic()
+    assert run.finish() == 1
+    assert time.monotonic() - start < 5
+    assert "timed out after 1s" in run.stderr and "Traceback" not in run.stderr

@@ -237,3 +237,41 @@ def test_plain_http_only_to_loopback():
     with pytest.raises(ke.ConfigError):
         ke.api_server_setting("http://kubernetes.default:8001")
     assert ke.api_server_setting("https://kubernetes.example.com:6443")
+
+
+def test_second_signal_while_stopping_is_ignored(api, entrypoint):
+    run = entrypoint(unmet_service(api))
+    wait_until_waiting(api)
+    run.process.send_signal(signal.SIGINT)
+    run.process.send_signal(signal.SIGINT)
+    run.process.send_signal(signal.SIGTERM)
+    assert run.finish() == 130
+    assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
+
+
+def test_closed_stdout_with_a_command(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from conftest import SCRIPT
+    (tmp_path / "ready").write_text("")
+    report = tmp_path / "report"
+    result = subprocess.run([sys.executable, "-I", "-S", SCRIPT], stderr=subprocess.PIPE,
+                            universal_newlines=True, preexec_fn=lambda: os.close(1),
+                            env={"DEPENDENCY_SOCKET": str(tmp_path / "ready"), "PATH": "/usr/bin:/bin",
+                                 "COMMAND": "%s %s" % (REPORTER, report)})
+    assert result.returncode == 0 and report.exists(), result.stderr
+
+
+def test_broken_pipe_is_no_traceback(tmp_path):
+    import subprocess
+    import sys
+    from conftest import SCRIPT
+    (tmp_path / "ready").write_text("")
+    reader, writer = __import__("os").pipe()
+    __import__("os").close(reader)  # nobody reads: every write is a broken pipe
+    result = subprocess.run([sys.executable, "-I", "-S", SCRIPT, "--check"], stdout=writer,
+                            stderr=subprocess.PIPE, universal_newlines=True,
+                            env={"DEPENDENCY_SOCKET": str(tmp_path / "ready"), "PATH": "/usr/bin:/bin"})
+    __import__("os").close(writer)
+    assert result.returncode == 0 and result.stderr == ""
