@@ -5,8 +5,10 @@ It reads DEPENDENCY_* variables (services, containers, daemonsets, jobs, pods, c
 sockets, config templates), asks the API server with the pod's service-account token until every
 one is met, and replaces itself with COMMAND (same PID, same environment).
 
-The file reads top to bottom: logging, configuration (pure parsing), API access, one check per
-kind, the kinds table, the waiting engine, and main/exec. Standard library only, Python 3.8+.
+The file reads top to bottom: logging, configuration (pure parsing), API access, the read
+interface the checks use (each read listed once, then watched, or polled where watching is
+refused), one check per kind, the kinds table, the waiting engine, and main/exec. Standard
+library only, Python 3.8+.
 """
 
 import errno
@@ -1472,7 +1474,7 @@ def split_command(value):
 
 
 # --------------------------------------------------------------------------------------------
-# The waiting engine: ask every unmet dependency each round until all are met.
+# The waiting engine: re-check a dependency whenever what it read changes, until all are met.
 # --------------------------------------------------------------------------------------------
 
 def evaluate(dependency, read):
@@ -1576,7 +1578,7 @@ def duration(seconds):
 
 
 # --------------------------------------------------------------------------------------------
-# main: parse, check the command, wait, exec.
+# main: the command line, parse, check the command, wait (or --check, --validate), exec.
 # --------------------------------------------------------------------------------------------
 
 class Stop(Exception):
