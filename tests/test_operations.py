@@ -275,3 +275,62 @@ def test_broken_pipe_is_no_traceback(tmp_path):
                             env={"DEPENDENCY_SOCKET": str(tmp_path / "ready"), "PATH": "/usr/bin:/bin"})
     __import__("os").close(writer)
     assert result.returncode == 0 and result.stderr == ""
+
+
+class LocalProxy:
+    """What `kubectl proxy` is to the entrypoint: plain HTTP on 127.0.0.1, forwarding every GET to
+    the API server over verified HTTPS with the credentials added on the way."""
+
+    def __init__(self, api):
+        import http.client
+        import http.server
+        import ssl
+        import threading
+        context = ssl.create_default_context(cafile=str(api.ca_path))
+        self.seen_headers = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                proxy.seen_headers.append(dict(self.headers))
+                upstream = http.client.HTTPSConnection(api.host, api.port, context=context,
+                                                       timeout=10)
+                upstream.request("GET", self.path, headers={"Authorization": "Bearer " + api.token})
+                answer = upstream.getresponse()
+                body = answer.read()  # no streaming: enough for --check, which never watches
+                upstream.close()
+                self.send_response(answer.status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = "http://127.0.0.1:%d" % self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_through_kubectl_proxy_over_plain_http(api, entrypoint, tmp_path):
+    api.put(k8s.job("init", active=1))
+    proxy = LocalProxy(api)
+    try:
+        env = {"ENTRYPOINT_API_SERVER": proxy.url, "DEPENDENCY_JOBS": "init",
+               "ENTRYPOINT_SERVICEACCOUNT_DIR": str(tmp_path / "none")}  # no token, no CA needed
+        run = ke_run(entrypoint, env, ["--check"])
+        assert run.finish() == 1 and "not succeeded (1 active, 0 failed)" in run.stdout
+        api.put(k8s.job("init", succeeded=1))
+        run = ke_run(entrypoint, env, ["--check"])
+        assert run.finish() == 0, run.stdout + run.stderr
+    finally:
+        proxy.close()
+    assert proxy.seen_headers and not any("Authorization" in h for h in proxy.seen_headers)
