@@ -338,7 +338,7 @@ def parse_containers(variable, value, settings):
     names = [check_name(variable, without_namespace(variable, item), "container name", LABEL_NAME)
              for item in split_list(value)]
     pod_name = require_pod_name(variable, settings) if names else None
-    return [Dependency(needs_api=True, name=name, namespace=settings.namespace,
+    return [Dependency(needs_api=True, name=name, pod_namespace=settings.namespace,
                        pod_name=pod_name, label="Container %s" % name) for name in names]
 
 
@@ -1176,12 +1176,16 @@ def is_pod_ready(pod):
                for c in dig(pod, "status", "conditions") or [] if isinstance(c, dict))
 
 
+def this_pod_not_found(dep):
+    return not_met("this pod %s is not found in namespace %s (check POD_NAME and NAMESPACE)"
+                   % (dep.pod_name, dep.pod_namespace))
+
+
 def this_pod_node(dep, read):
     """The node this pod runs on (spec.nodeName): set once the pod is scheduled, never changed."""
     pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name, once=True)
     if pod is None:
-        return None, not_met("this pod %s is not found in namespace %s (check POD_NAME and NAMESPACE)"
-                             % (dep.pod_name, dep.pod_namespace))
+        return None, this_pod_not_found(dep)
     node = dig(pod, "spec", "nodeName")
     if not node:
         return None, not_met("this pod %s is not scheduled to a node yet" % dep.pod_name)
@@ -1213,10 +1217,9 @@ def check_service(dep, read):
 
 def check_container(dep, read):
     """This pod's container `name` (app container or native sidecar) reports ready."""
-    pod = read.get("v1", "pods", dep.namespace, dep.pod_name)
+    pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name)
     if pod is None:
-        return not_met("this pod %s is not found in namespace %s (check POD_NAME and NAMESPACE)"
-                       % (dep.pod_name, dep.namespace))
+        return this_pod_not_found(dep)
     declared = [c.get("name") for key in ("containers", "initContainers")
                 for c in dig(pod, "spec", key) or [] if isinstance(c, dict)]
     if dep.name not in declared:

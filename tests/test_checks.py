@@ -134,7 +134,7 @@ def container_pod(statuses, init_statuses=()):
                        "initContainerStatuses": list(init_statuses)}}
 
 
-CONTAINER = dict(namespace="default", pod_name="me")
+CONTAINER = dict(pod_namespace="default", pod_name="me")
 
 
 def test_container_ready_and_not_ready():
