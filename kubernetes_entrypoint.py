@@ -1831,6 +1831,8 @@ def main(arguments=None, env=None):
         log("ERROR", str(e))
         return e.code
     except Stop as stop:
+        for name in STOP_SIGNALS:  # else one arriving during interpreter shutdown kills the process
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
         if stop.signum == signal.SIGALRM:
             report_unmet(waiting, "timed out")
             return 1
