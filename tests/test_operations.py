@@ -10,7 +10,7 @@ import pytest
 
 import fakeapi as k8s
 import kubernetes_entrypoint as ke
-from conftest import REPORTER
+from conftest import REPORTER, wait_for
 from test_process import wait_until_waiting
 
 NEVER = {"DEPENDENCY_SOCKET": "/nonexistent/never.sock"}
@@ -243,14 +243,13 @@ def test_second_signal_while_stopping_is_ignored(api, entrypoint):
     run = entrypoint(unmet_service(api))
     wait_until_waiting(api)
     run.process.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + 10
-    while run.running() and time.monotonic() < deadline:  # until exit, interpreter shutdown included
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                run.process.send_signal(signum)
-            except ProcessLookupError:
-                break
-        time.sleep(0.001)
+
+    def signal_again():  # until exit, interpreter shutdown included
+        run.process.send_signal(signal.SIGINT)
+        run.process.send_signal(signal.SIGTERM)
+        return not run.running()
+
+    wait_for(signal_again, interval=0.001)
     assert run.finish() == 130
     assert "Traceback" not in run.stderr and "Exception ignored" not in run.stderr
 
