@@ -11,18 +11,32 @@ refused), one check per kind, the kinds table, the waiting engine, and main/exec
 library only, Python 3.8+.
 """
 
-import errno
-import json
-import os
-import re
 import signal
-import socket
-import stat
-import string
 import sys
-import threading
-import time
-import types
+
+EARLY_SIGNALS = []  # stop signals that came before main() took over, while Python was loading
+
+
+def remember_early_signal(signum, frame):
+    """A SIGTERM while the file still loads is kept for main() to act on; without a handler, PID 1
+    would never see it, and raising here would print a traceback."""
+    EARLY_SIGNALS.append(signum)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, remember_early_signal)
+    signal.signal(signal.SIGINT, remember_early_signal)
+
+import errno  # noqa: E402  (the handlers above come first, before anything slow)
+import json  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import stat  # noqa: E402
+import string  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import types  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -46,6 +60,7 @@ def log(level, message, dependency=None):
 
     Text (the original's format): `Entrypoint LEVEL: YYYY/MM/DD HH:MM:SS message`. JSON
     (ENTRYPOINT_LOG_FORMAT=json): {"time", "level", "message", "dependency" when about one}.
+    A line break in a path or in a server's message is escaped, so no line can be forged.
     """
     if LEVELS.index(level) < LOG.threshold:
         return
@@ -58,8 +73,33 @@ def log(level, message, dependency=None):
         line = json.dumps(record) + "\n"
     else:
         line = "Entrypoint %s: %s %s\n" % (level, time.strftime("%Y/%m/%d %H:%M:%S",
-                                                               time.localtime(now)), message)
+                                                               time.localtime(now)),
+                                          one_line(message))
     write(sys.stderr if level == "ERROR" else sys.stdout, line)
+
+
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text):
+    """Control characters (line breaks above all) written as escapes: `\\n`, `\\x1b`."""
+    return CONTROL_CHARACTERS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def shown(value, limit=80):
+    """A value from the environment or the server, quoted and cut short for an error line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
+SECRETS = set()  # every token read: never printed, whatever text carries it
+
+
+def redact(text):
+    for secret in SECRETS:
+        if secret in text:
+            text = text.replace(secret, "[token]")
+    return text
 
 
 def write(stream, text):
@@ -67,7 +107,7 @@ def write(stream, text):
     reader went away (a broken pipe) is not worth dying for: the text is dropped."""
     if stream is None:
         return
-    data = text.encode("utf-8", "backslashreplace")
+    data = redact(text).encode("utf-8", "backslashreplace")
     try:
         fd = stream.fileno()
     except (AttributeError, OSError, ValueError):  # not a file (a test's capture): use it as it is
@@ -117,10 +157,22 @@ class Dependency(types.SimpleNamespace):
         return self.label
 
 
-# Names of Kubernetes objects are DNS subdomains; namespaces and containers DNS labels. A name
-# outside these rules can never exist, so waiting for it would hang silently.
-OBJECT_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
-LABEL_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# Names as the API server validates them: a name outside these rules can never exist, so waiting
+# for it would hang silently. Patterns are used with fullmatch (no `$` that lets a newline by).
+DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+SUBDOMAIN_PART = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"  # Kubernetes bounds only the whole name
+DNS_SUBDOMAIN = r"(?=.{1,253}\Z)%s(?:\.%s)*" % (SUBDOMAIN_PART, SUBDOMAIN_PART)
+OBJECT_NAME = re.compile(DNS_SUBDOMAIN)                        # pods, daemonsets, ...
+LABEL_NAME = re.compile(DNS_LABEL)                             # namespaces, containers
+SERVICE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1035 label
+JOB_NAME = re.compile(r"(?=.{1,63}\Z)" + DNS_SUBDOMAIN)         # its pods carry it as a label
+LABEL_PART = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
+LABEL_KEY = re.compile(r"(?:%s/)?%s" % (DNS_SUBDOMAIN, LABEL_PART))
+LABEL_VALUE = re.compile(r"(?:%s)?" % LABEL_PART)
+GROUP_VERSION = re.compile(r"(?:%s/)?[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?" % DNS_SUBDOMAIN)
+KIND_NAME = re.compile(r"[A-Za-z](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?")
+RESOURCE_NAME = re.compile(DNS_SUBDOMAIN)  # a plural resource name from discovery
+HOST_NAME = re.compile(r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?\.?)+")
 
 
 class Settings(types.SimpleNamespace):
@@ -136,28 +188,33 @@ def read_settings(env):
     else:
         namespace_file = os.path.join(sa_dir, "namespace")
         namespace = read_text(namespace_file).strip() or "default"
-        if not LABEL_NAME.match(namespace):
-            raise ConfigError("NAMESPACE", "not set, and %s holds %r, not a valid namespace"
-                              % (namespace_file, namespace))
+        if not LABEL_NAME.fullmatch(namespace):
+            raise ConfigError("NAMESPACE", "not set, and %s holds %s, not a valid namespace"
+                              % (namespace_file, shown(namespace)))
+    pod_name = env.get("POD_NAME", "").strip()
+    if pod_name:
+        check_name("POD_NAME", pod_name, "pod name")
     return Settings(
         namespace=namespace,
-        pod_name=env.get("POD_NAME", "").strip(),
+        pod_name=pod_name,
         interface=env.get("INTERFACE_NAME", "").strip(),
         serviceaccount_dir=sa_dir,
         configmaps_dir=env.get("ENTRYPOINT_CONFIGMAPS_DIR") or DEFAULT_CONFIGMAPS_DIR,
-        poll_interval=seconds_setting(env, "ENTRYPOINT_POLL_INTERVAL", POLL_INTERVAL, 3600),
-        timeout=seconds_setting(env, "ENTRYPOINT_TIMEOUT", 0, YEAR, zero_allowed=True),
-        progress_interval=seconds_setting(env, "ENTRYPOINT_PROGRESS_INTERVAL", 30, YEAR,
-                                          zero_allowed=True),
+        poll_interval=seconds_setting(env, "ENTRYPOINT_POLL_INTERVAL", POLL_INTERVAL, 0.1, 3600),
+        timeout=seconds_setting(env, "ENTRYPOINT_TIMEOUT", 0, 0, YEAR),
+        progress_interval=seconds_setting(env, "ENTRYPOINT_PROGRESS_INTERVAL", 30, 1, YEAR,
+                                          zero_means_off=True),
+        request_timeout=seconds_setting(env, "ENTRYPOINT_REQUEST_TIMEOUT", REQUEST_TIMEOUT,
+                                        0.1, 3600),
         api_server=api_server_setting(env.get("ENTRYPOINT_API_SERVER", "").strip()),
     )
 
 
-def read_text(path):
+def read_text(path, limit=65536):
     """A small file's text ('' when missing or unreadable); bytes that are not UTF-8 are replaced."""
     try:
         with open(path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
+            return f.read(limit).decode("utf-8", "replace")
     except OSError:
         return ""
 
@@ -165,8 +222,9 @@ def read_text(path):
 YEAR = 365 * 24 * 3600
 
 
-def seconds_setting(env, variable, default, maximum, zero_allowed=False):
-    """A number of seconds from the environment; 0 only where it means "off"."""
+def seconds_setting(env, variable, default, minimum, maximum, zero_means_off=False):
+    """A number of seconds from the environment, from `minimum` (a floor that keeps a typo such as
+    1e-9 from hammering the API server) to `maximum`; 0 too where it means "off"."""
     value = env.get(variable, "").strip()
     if not value:
         return default
@@ -174,9 +232,10 @@ def seconds_setting(env, variable, default, maximum, zero_allowed=False):
         seconds = float(value)
     except ValueError:
         seconds = -1.0
-    if not (0 <= seconds if zero_allowed else 0 < seconds) or not seconds <= maximum:
-        raise ConfigError(variable, "%r is not a number of seconds (%s0, at most %d)"
-                          % (value, "at least " if zero_allowed else "above ", maximum))
+    if not (minimum <= seconds <= maximum or zero_means_off and seconds == 0):
+        raise ConfigError(variable, "%s is not a number of seconds (%s%g to %d)"
+                          % (shown(value), "0 for off, or " if zero_means_off else "", minimum,
+                             maximum))
     return seconds
 
 
@@ -188,11 +247,16 @@ def api_server_setting(url):
     import urllib.parse
     try:
         parts = urllib.parse.urlsplit(url)
-        parts.port
+        port = parts.port
     except ValueError:
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("ENTRYPOINT_API_SERVER", "%r is not an http:// or https:// URL" % url)
+        parts = port = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or port == 0 or "@" in parts.netloc or parts.query or parts.fragment
+            or CONTROL_CHARACTERS.search(url) or " " in url
+            or not is_host(parts.hostname)):
+        raise ConfigError("ENTRYPOINT_API_SERVER", "%s is not an http:// or https:// URL of an API "
+                                                   "server (host, optional port and path)"
+                          % shown(url))
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ConfigError("ENTRYPOINT_API_SERVER", "plain http is only for this machine (kubectl "
                                                    "proxy on 127.0.0.1); use https for %s"
@@ -200,14 +264,22 @@ def api_server_setting(url):
     return url
 
 
-def is_loopback(host):
+def ip_address(host):
     import ipaddress
-    if host == "localhost":
-        return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host)
     except ValueError:
-        return False
+        return None
+
+
+def is_host(host):
+    """A host name or an IP address, as a URL may carry it."""
+    return ip_address(host) is not None or bool(HOST_NAME.fullmatch(host))
+
+
+def is_loopback(host):
+    address = ip_address(host)
+    return host == "localhost" or address is not None and address.is_loopback
 
 
 def split_list(value):
@@ -216,16 +288,30 @@ def split_list(value):
 
 
 def check_name(variable, name, what="name", pattern=OBJECT_NAME):
-    if not pattern.match(name):
-        raise ConfigError(variable, "%r is not a valid Kubernetes %s" % (name, what))
+    if not pattern.fullmatch(name):
+        raise ConfigError(variable, "%s is not a valid Kubernetes %s" % (shown(name), what))
     return name
+
+
+# What each kind's names must be, as the API server validates them.
+NAME_RULES = {
+    "DEPENDENCY_SERVICE": (SERVICE_NAME, "Service name (a DNS-1035 label: a-z, 0-9, '-', "
+                                         "starting with a letter, at most 63)"),
+    "DEPENDENCY_JOBS": (JOB_NAME, "Job name (at most 63 characters)"),
+    "DEPENDENCY_JOBS_JSON": (JOB_NAME, "Job name (at most 63 characters)"),
+}
+
+
+def check_object_name(variable, name):
+    pattern, what = NAME_RULES.get(variable, (OBJECT_NAME, "name"))
+    return check_name(variable, name, what, pattern)
 
 
 def split_namespaced(variable, item, base_namespace):
     """`namespace:name` or `name` (in the base namespace); anything else is an error."""
     parts = item.split(":")
     if len(parts) == 1:
-        return base_namespace, check_name(variable, item)
+        return base_namespace, check_object_name(variable, item)
     if len(parts) > 2:
         raise ConfigError(variable, "%r has more than one colon (want namespace:name)" % item)
     namespace, name = parts[0].strip(), parts[1].strip()
@@ -233,7 +319,8 @@ def split_namespaced(variable, item, base_namespace):
         raise ConfigError(variable, "%r has an empty namespace (want namespace:name)" % item)
     if not name:
         raise ConfigError(variable, "%r has an empty name (want namespace:name)" % item)
-    return check_name(variable, namespace, "namespace", LABEL_NAME), check_name(variable, name)
+    return (check_name(variable, namespace, "namespace", LABEL_NAME),
+            check_object_name(variable, name))
 
 
 def without_namespace(variable, item):
@@ -271,13 +358,13 @@ def parse_json_list(variable, value):
         raise ConfigError(variable, "expected a JSON list of objects, got %s" % type(entries).__name__)
     for entry in entries:
         if not isinstance(entry, dict):
-            raise ConfigError(variable, "expected a JSON list of objects, found %s" % json.dumps(entry))
+            raise ConfigError(variable, "expected a JSON list of objects, found %s" % entry_text(entry))
         unknown = sorted(set(entry) - set(JSON_KEYS[variable]))
         if unknown:
             import difflib
             close = difflib.get_close_matches(unknown[0], JSON_KEYS[variable], n=1)
-            raise ConfigError(variable, "unknown key %r in %s (%s)" % (
-                unknown[0], json.dumps(entry), "did you mean %r?" % close[0] if close
+            raise ConfigError(variable, "unknown key %s in %s (%s)" % (
+                shown(unknown[0]), entry_text(entry), "did you mean %r?" % close[0] if close
                 else "known: " + ", ".join(JSON_KEYS[variable])))
     return entries
 
@@ -290,29 +377,46 @@ JSON_KEYS = {
 
 
 def json_string(variable, entry, key, required=False):
+    """A string member, trimmed; None when absent or blank (an error where `required`)."""
     value = entry.get(key)
-    if value is None or value == "":
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(variable, "%r must be a string in %s" % (key, entry_text(entry)))
+    value = (value or "").strip()
+    if not value:
         if required:
-            raise ConfigError(variable, "entry %s has no %r" % (json.dumps(entry), key))
+            raise ConfigError(variable, "entry %s has no %r" % (entry_text(entry), key))
         return None
-    if not isinstance(value, str):
-        raise ConfigError(variable, "%r must be a string in %s" % (key, json.dumps(entry)))
-    return value.strip()
+    return value
+
+
+def entry_text(entry):
+    """A JSON entry as an error line shows it: compact, cut short."""
+    text = json.dumps(entry)
+    return text if len(text) <= 200 else text[:196] + "...}"
 
 
 def json_labels(variable, entry, required):
     labels = entry.get("labels")
     if labels is None:
         if required:
-            raise ConfigError(variable, "entry %s has no 'labels'" % json.dumps(entry))
+            raise ConfigError(variable, "entry %s has no 'labels'" % entry_text(entry))
         return None
     if not isinstance(labels, dict) or not labels:
         raise ConfigError(variable, "'labels' must be a non-empty object (an empty one matches "
-                                    "everything) in %s" % json.dumps(entry))
+                                    "everything) in %s" % entry_text(entry))
     for key, val in labels.items():
         if not isinstance(val, str):
-            raise ConfigError(variable, "label %r must have a string value in %s"
-                              % (key, json.dumps(entry)))
+            raise ConfigError(variable, "label %s must have a string value in %s"
+                              % (shown(key), entry_text(entry)))
+        # Checked as Kubernetes does: anything else would change the selector's meaning
+        # (`app!` + `=x` reads `app!=x`) or be refused by the API server on every try.
+        if not LABEL_KEY.fullmatch(key):
+            raise ConfigError(variable, "%s is not a valid label key ([prefix/]name: name up to 63 "
+                                        "of A-Z a-z 0-9 - _ ., prefix a DNS subdomain)" % shown(key))
+        if not LABEL_VALUE.fullmatch(val):
+            raise ConfigError(variable, "%s is not a valid value for label %s (empty, or up to 63 "
+                                        "of A-Z a-z 0-9 - _ ., alphanumeric at both ends)"
+                              % (shown(val), key))
     return labels
 
 
@@ -374,11 +478,11 @@ def parse_jobs_json(variable, value, settings):
         name = json_string(variable, entry, "name")
         labels = json_labels(variable, entry, required=False)
         if name and labels:
-            raise ConfigError(variable, "give 'name' or 'labels', not both, in %s" % json.dumps(entry))
+            raise ConfigError(variable, "give 'name' or 'labels', not both, in %s" % entry_text(entry))
         if not name and not labels:
-            raise ConfigError(variable, "entry %s has neither 'name' nor 'labels'" % json.dumps(entry))
+            raise ConfigError(variable, "entry %s has neither 'name' nor 'labels'" % entry_text(entry))
         if name:
-            check_name(variable, name)
+            check_object_name(variable, name)
         deps.append(job_dependency(json_namespace(variable, entry, settings), name, labels))
     return deps
 
@@ -391,7 +495,7 @@ def parse_pods_json(variable, value, settings):
         same_node = entry.get("requireSameNode", False)
         if not isinstance(same_node, bool):
             raise ConfigError(variable, "'requireSameNode' must be true or false in %s"
-                              % json.dumps(entry))
+                              % entry_text(entry))
         deps.append(Dependency(
             needs_api=True, namespace=namespace, labels=labels,
             require_same_node=same_node,
@@ -405,16 +509,16 @@ def json_pairs(variable, entry, key, first, second, second_default=None):
     """A list of {first: str, second: scalar} objects, e.g. fields [{key, value}]."""
     items = entry.get(key) or []
     if not isinstance(items, list):
-        raise ConfigError(variable, "%r must be a list in %s" % (key, json.dumps(entry)))
+        raise ConfigError(variable, "%r must be a list in %s" % (key, entry_text(entry)))
     pairs = []
     for item in items:
         if not isinstance(item, dict) or not isinstance(item.get(first), str) or not item[first]:
             raise ConfigError(variable, "each of %r needs a string %r, got %s"
-                              % (key, first, json.dumps(item)))
+                              % (key, first, entry_text(item)))
         want = item.get(second, second_default)
         if want is None or isinstance(want, (dict, list)):
             raise ConfigError(variable, "each of %r needs a %r, got %s"
-                              % (key, second, json.dumps(item)))
+                              % (key, second, entry_text(item)))
         pairs.append((item[first], want if isinstance(want, str) else json.dumps(want)))
     return pairs
 
@@ -424,9 +528,12 @@ def parse_custom_resources(variable, value, settings):
     for entry in parse_json_list(variable, value):
         api_version = json_string(variable, entry, "apiVersion", required=True)
         kind = json_string(variable, entry, "kind", required=True)
-        name = json_string(variable, entry, "name", required=True)  # some kinds allow any name
-        if api_version.count("/") > 1:
-            raise ConfigError(variable, "apiVersion %r is not group/version or v1" % api_version)
+        name = json_string(variable, entry, "name", required=True)
+        if not GROUP_VERSION.fullmatch(api_version):
+            raise ConfigError(variable, "apiVersion %s is not group/version (example.com/v1) or a "
+                                        "core version (v1)" % shown(api_version))
+        check_name(variable, kind, "kind (CamelCase letters and digits)", KIND_NAME)
+        check_custom_resource_name(variable, name)
         namespace = json_namespace(variable, entry, settings)
         deps.append(Dependency(
             needs_api=True, api_version=api_version, resource_kind=kind,
@@ -435,6 +542,14 @@ def parse_custom_resources(variable, value, settings):
             conditions=json_pairs(variable, entry, "conditions", "type", "status", "True"),
             label="%s %s in namespace %s" % (kind, name, namespace)))
     return deps
+
+
+def check_custom_resource_name(variable, name):
+    """Some kinds allow any name (`:` and `,` included), but none a path could not carry."""
+    if (name in (".", "..") or "/" in name or "%" in name or len(name) > 253
+            or CONTROL_CHARACTERS.search(name)):
+        raise ConfigError(variable, "%s is not a name an object can have (no '/', '%%' or control "
+                                    "characters, not '.' or '..', at most 253)" % shown(name))
 
 
 def parse_sockets(variable, value, settings):
@@ -511,8 +626,9 @@ def template_values(interface):
     try:
         socket.if_nametoindex(interface)
         ip = ipv4_address(interface)
-    except OSError:
-        raise ConfigError("INTERFACE_NAME", "there is no network interface named %r" % interface)
+    except (OSError, ValueError):
+        raise ConfigError("INTERFACE_NAME", "there is no network interface named %s"
+                          % shown(interface))
     if ip is not None:
         erlang = ip.replace(".", ",")
     else:
@@ -522,8 +638,8 @@ def template_values(interface):
         except OSError:
             hex_address = None
         if hex_address is None:
-            raise ConfigError("INTERFACE_NAME", "interface %r has no IPv4 or global IPv6 address"
-                              % interface)
+            raise ConfigError("INTERFACE_NAME", "interface %s has no IPv4 or global IPv6 address"
+                              % shown(interface))
         ip, erlang = ipv6_forms(hex_address)
     return {"IP": ip, "HOSTNAME": socket.gethostname(), "IP_ERLANG": erlang}
 
@@ -543,21 +659,26 @@ def parse_configs(variable, value, settings):
     deps = []
     for destination in destinations:
         base = os.path.basename(destination)
-        if not base:
-            raise ConfigError(variable, "%r does not name a file" % destination)
+        if base in ("", ".", ".."):
+            raise ConfigError(variable, "%s does not name a file" % shown(destination))
         source = os.path.join(settings.configmaps_dir, base, base)
         try:
-            with open(source, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
+            with open(source, "rb") as f:
+                template = f.read()
+        except (OSError, ValueError) as e:
             raise ConfigError(variable, "cannot read template %s for %s: %s"
-                              % (source, destination, e.strerror or e))
-        except ValueError:
-            raise ConfigError(variable, "template %s is not UTF-8 text" % source)
+                              % (source, destination, getattr(e, "strerror", None) or e))
         deps.append(Dependency(needs_api=False, path=destination,
-                               content=render_template(variable, source, text, values),
+                               content=render_bytes(variable, source, template, values),
                                label="Config %s" % destination))
     return deps
+
+
+def render_bytes(variable, source, template, values):
+    """The template's bytes as they are (line ends, any encoding), placeholders replaced, as the
+    original copies them: bytes that are not UTF-8 pass through untouched."""
+    text = template.decode("utf-8", "surrogateescape")
+    return render_template(variable, source, text, values).encode("utf-8", "surrogateescape")
 
 
 # --------------------------------------------------------------------------------------------
@@ -580,32 +701,49 @@ class ApiError(Exception):
         return "%d %s: %s" % (self.status, self.reason or "error", self.message)
 
 
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # one answer or one watch event; more is malformed
+MAX_ERROR_BYTES = 64 * 1024         # what is read of an error answer
+RETRY_AFTER_LIMIT = 60              # seconds: the longest Retry-After honoured
+TOKEN_TEXT = re.compile(r"[\x21-\x7e]{1,65536}")  # printable ASCII: anything else would break
+                                                  # the header, and the error would show it
+
+
 class TokenFile:
-    """The service-account token, reread every minute (the kubelet rotates it) and on demand."""
+    """The service-account token, reread every minute (the kubelet rotates it) and on demand.
+
+    A token is never printed: each one read joins SECRETS, which every output line is cleaned of.
+    """
 
     def __init__(self, path, clock=time.monotonic):
         self.path = path
         self.clock = clock
         self.value = None
         self.read_at = None
+        self.problem = None
         self.refresh(required=True)
 
     def refresh(self, required=False):
         try:
             with open(self.path, "rb") as f:
-                value = f.read().decode("ascii").strip()
+                value = f.read(65537).strip()
         except OSError as e:
-            value, problem = "", e.strerror
-        except ValueError:
-            value, problem = "", "the file is not a token (not ASCII text)"
+            value, problem = b"", e.strerror
         else:
             problem = "the file is empty"
+            if value and not TOKEN_TEXT.fullmatch(value.decode("latin-1")):
+                value, problem = b"", ("the file does not hold one token (it has line breaks, "
+                                       "spaces, control or non-ASCII characters, or is too long)")
         if value:
-            self.value = value
-            self.read_at = self.clock()
+            self.value = value.decode("ascii")
+            SECRETS.add(self.value)
+            self.read_at, self.problem = self.clock(), None
         elif required:
             raise ConfigError("ENTRYPOINT_SERVICEACCOUNT_DIR",
                               "cannot read the service-account token %s: %s" % (self.path, problem))
+        elif problem != self.problem:
+            self.problem = problem
+            log("WARNING", "cannot reread the service-account token %s: %s; keeping the one read "
+                           "before" % (self.path, problem))
 
     def current(self):
         if self.clock() - self.read_at >= TOKEN_REREAD_AFTER:
@@ -621,18 +759,75 @@ def api_server_url(env, variable_hint):
         if not value:
             raise ConfigError(name, "not set, but %s needs the Kubernetes API "
                                     "(Kubernetes sets it in every pod)" % variable_hint)
-    if not re.match(r"^[0-9]{1,5}$", port) or not 0 < int(port) < 65536:
-        raise ConfigError("KUBERNETES_SERVICE_PORT", "%r is not a port number" % port)
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+        raise ConfigError("KUBERNETES_SERVICE_PORT", "%s is not a port number" % shown(port))
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if ":" in bare:
-        import ipaddress
-        try:
-            host = "[%s]" % ipaddress.IPv6Address(bare)
-        except ValueError:
-            raise ConfigError("KUBERNETES_SERVICE_HOST", "%r is not a host name or address" % host)
-    elif not re.match(r"^[A-Za-z0-9.-]+$", bare):
-        raise ConfigError("KUBERNETES_SERVICE_HOST", "%r is not a host name or address" % host)
+    address = ip_address(bare)
+    if address is None and not HOST_NAME.fullmatch(bare):
+        raise ConfigError("KUBERNETES_SERVICE_HOST", "%s is not a host name or address"
+                          % shown(host))
+    if address is not None and address.version == 6:
+        host = "[%s]" % address
     return "https://%s:%s" % (host, port)
+
+
+class DeadlineSocket:
+    """A connected socket whose every send and receive ends at its connection's one deadline, so
+    that a server trickling a byte at a time cannot hold a request past its whole time."""
+
+    def __init__(self, sock, connection):
+        self._sock = sock
+        self._connection = connection
+
+    def _arm(self):
+        remaining = self._connection.deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("timed out")
+        self._sock.settimeout(remaining)
+
+    def sendall(self, data):
+        self._arm()
+        self._sock.sendall(data)
+
+    def recv_into(self, buffer, size=0):
+        self._arm()
+        return self._sock.recv_into(buffer, size)
+
+    def makefile(self, mode="rb"):
+        import io
+        return io.BufferedReader(SocketReader(self))
+
+    def close(self):
+        self._sock.close()
+
+
+class SocketReader(__import__("io").RawIOBase):
+    """The raw stream http.client reads a response from, through a DeadlineSocket."""
+
+    def __init__(self, sock):
+        super().__init__()
+        self._sock = sock
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        return self._sock.recv_into(buffer)
+
+
+def bounded_connection(base):
+    """An http.client connection class whose connect, TLS handshake, request and response all fit
+    in `deadline` (time.monotonic), set before each request."""
+
+    class Bounded(base):
+        deadline = 0.0
+
+        def connect(self):
+            self.timeout = max(self.deadline - time.monotonic(), 0.001)  # TCP and TLS handshake
+            super().connect()
+            self.sock = DeadlineSocket(self.sock, self)
+
+    return Bounded
 
 
 class ApiClient:
@@ -640,6 +835,8 @@ class ApiClient:
 
     HTTPS is always verified against the service-account CA and sends the token. Plain HTTP is
     only for `kubectl proxy` on this machine (ENTRYPOINT_API_SERVER), which authenticates itself.
+    Every request has one deadline for all of it, and every answer a size limit: no server can
+    hold a request for ever or fill the memory.
     """
 
     def __init__(self, server_url, serviceaccount_dir, timeout=REQUEST_TIMEOUT):
@@ -664,34 +861,34 @@ class ApiClient:
                                   "cannot load the API server's CA %s (%s); refusing to connect "
                                   "unverified" % (ca_path, getattr(e, "strerror", None) or e))
             self.token = TokenFile(os.path.join(serviceaccount_dir, "token"))
+            self._connection_class = bounded_connection(http.client.HTTPSConnection)
+        else:
+            self._connection_class = bounded_connection(http.client.HTTPConnection)
 
-    def _connect(self, timeout):
+    def _connect(self):
         if self._context is None:
-            return self._http.HTTPConnection(self._host, self._port or 80, timeout=timeout)
-        return self._http.HTTPSConnection(self._host, self._port or 443, context=self._context,
-                                          timeout=timeout)
+            return self._connection_class(self._host, self._port or 80)
+        return self._connection_class(self._host, self._port or 443, context=self._context)
 
     def path(self, group_version, resource, namespace=None, name=None):
-        """The URL path of a collection, an object or discovery; the one place URLs are built."""
-        parts = [self._prefix + ("/api/v1" if group_version == "v1" else "/apis/" + group_version)]
+        """The URL path of a collection, an object or discovery; the one place URLs are built.
+        Every part is quoted, whether it came from the environment or from the server."""
+        quote = self._quote
+        parts = [self._prefix + ("/api/v1" if group_version == "v1"
+                                 else "/apis/" + quote(group_version, safe="/"))]
         if namespace:
-            parts += ["namespaces", self._quote(namespace, safe="")]
+            parts += ["namespaces", quote(namespace, safe="")]
         if resource:
-            parts.append(resource)
+            parts.append(quote(resource, safe=""))
         if name:
-            parts.append(self._quote(name, safe=""))
+            parts.append(quote(name, safe=""))
         return "/".join(parts)
 
     def get(self, path, query=None):
-        """The parsed JSON answer, or an ApiError."""
-        response = self._open(path, query, self._timeout)
-        try:
-            body = response.read()
-        except (OSError, self._http.HTTPException) as e:
-            self.close()
-            raise ApiError(None, "no answer from the API server: %s" % (str(e) or type(e).__name__))
-        if response.will_close:
-            self.close()
+        """The parsed JSON answer (an object), or an ApiError."""
+        response = self._open(path, query)
+        body = self._read_body(response, MAX_ANSWER_BYTES if response.status == 200
+                               else MAX_ERROR_BYTES)
         if response.status != 200:
             raise self._error(response, body)
         try:
@@ -699,28 +896,27 @@ class ApiClient:
         except (ValueError, RecursionError):
             answer = None
         if not isinstance(answer, dict):
-            raise ApiError(None, "malformed answer from the API server for %s" % path.split("?")[0])
+            raise ApiError(None, "malformed answer from the API server for %s" % path, "Malformed")
         return answer
 
-    def watch(self, path, query, timeout):
-        """Yield the events of a watch stream until it ends; silence past `timeout` is an ApiError.
+    def watch(self, path, query, seconds):
+        """Yield the events of a watch stream until it ends (dicts, their shape unchecked).
 
-        The answer itself must come within the usual request timeout; only then may the stream
-        be quiet for longer.
+        The answer must come within the request timeout; the stream may then last `seconds` (the
+        server's timeoutSeconds and some slack), and no event may be larger than an answer.
         """
-        response = self._open(path, query, self._timeout)
+        response = self._open(path, query)
         if response.status != 200:
-            body = response.read()
-            self.close()
-            raise self._error(response, body)
-        connection = getattr(self._local, "connection", None)
-        if connection is not None and connection.sock is not None:
-            connection.sock.settimeout(timeout)
+            raise self._error(response, self._read_body(response, MAX_ERROR_BYTES))
+        self._local.connection.deadline = time.monotonic() + seconds
         try:
             while True:
-                line = response.readline()
+                line = response.readline(MAX_ANSWER_BYTES + 1)
                 if not line:
                     return  # the server ended the stream (timeoutSeconds, or it went away)
+                if len(line) > MAX_ANSWER_BYTES:
+                    raise ApiError(None, "watch event larger than %d MiB from the API server"
+                                   % (MAX_ANSWER_BYTES >> 20), "Malformed")
                 if line.strip():
                     try:
                         event = json.loads(line.decode("utf-8"))
@@ -729,34 +925,70 @@ class ApiClient:
                                        "Malformed")
                     yield event
         except (OSError, self._http.HTTPException) as e:
-            raise ApiError(None, "watch stream broken: %s" % (str(e) or type(e).__name__))
+            raise ApiError(None, "watch stream broken: %s" % describe_failure(e))
         finally:
             self.close()  # a stream is not reused; the next request opens a fresh connection
 
+    def _read_body(self, response, limit):
+        """The whole body, at most `limit` bytes, within the request's deadline; an answer cut
+        short or too large is an ApiError (a truncated error body is kept as far as it came)."""
+        chunks, size = [], 0
+        try:
+            if response.length is not None and response.length > limit:
+                raise ApiError(None, "answer larger than %d KiB from the API server"
+                               % (limit >> 10), "Malformed")
+            while True:
+                chunk = response.read(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(None, "answer larger than %d KiB from the API server"
+                                   % (limit >> 10), "Malformed")
+                chunks.append(chunk)
+            if response.length:  # the connection closed before Content-Length was sent
+                raise self._http.IncompleteRead(b"", response.length)
+        except (OSError, self._http.HTTPException, ApiError) as e:
+            self.close()
+            if response.status != 200:
+                return b"".join(chunks)
+            if isinstance(e, ApiError):
+                raise
+            raise ApiError(None, "no whole answer from the API server: %s" % describe_failure(e))
+        if response.will_close:
+            self.close()
+        return b"".join(chunks)
+
     def _error(self, response, body):
+        """An ApiError from an error answer: its Status message if it has one (cut short)."""
         try:
             status = json.loads(body.decode("utf-8"))
         except (ValueError, RecursionError):
             status = None
         status = status if isinstance(status, dict) else {}
-        retry_after = response.getheader("Retry-After", "")
-        return ApiError(response.status,
-                        status.get("message") or body[:200].decode("utf-8", "replace").strip(),
-                        status.get("reason") or response.reason,
-                        int(retry_after) if retry_after.isdigit() else None)
+        message, reason = status.get("message"), status.get("reason")
+        if not isinstance(message, str) or not message:
+            message = body[:200].decode("utf-8", "replace").strip() or "no message"
+        if not isinstance(reason, str) or not reason:
+            reason = response.reason
+        retry_after = (response.getheader("Retry-After") or "").strip()
+        return ApiError(response.status, message[:500], str(reason)[:100],
+                        min(int(retry_after), RETRY_AFTER_LIMIT) if retry_after.isdigit() else None)
 
-    def _open(self, path, query, timeout):
-        """Send a GET and return the response, its body unread; after a 401 reread the token once."""
+    def _open(self, path, query):
+        """Send a GET and return the response, its body unread; after a 401 reread the token once.
+        Everything until the body is read shares one deadline."""
         if query:
             path += "?" + self._urlencode(query)
-        response = self._send(path, timeout)
+        deadline = time.monotonic() + self._timeout
+        response = self._send(path, deadline)
         if response.status == 401 and self.token is not None:
-            response.read()
+            self._read_body(response, MAX_ERROR_BYTES)
             self.token.refresh()
-            response = self._send(path, timeout)
+            response = self._send(path, deadline)
         return response
 
-    def _send(self, path, timeout):
+    def _send(self, path, deadline):
         """One GET on this thread's kept-alive connection; one the server closed is reopened once."""
         headers = {"Accept": "application/json", "User-Agent": "kubernetes-entrypoint/" + __version__}
         if self.token is not None:
@@ -765,9 +997,8 @@ class ApiClient:
             connection = getattr(self._local, "connection", None)
             reused = connection is not None
             if not reused:
-                connection = self._local.connection = self._connect(timeout)
-            elif connection.sock is not None:
-                connection.sock.settimeout(timeout)
+                connection = self._local.connection = self._connect()
+            connection.deadline = deadline
             started = time.monotonic()
             try:
                 connection.request("GET", path, headers=headers)
@@ -775,20 +1006,31 @@ class ApiClient:
                 log("DEBUG", "GET %s: %d in %.0f ms" % (path, response.status,
                                                         (time.monotonic() - started) * 1000))
                 return response
-            except (OSError, self._http.HTTPException) as e:
+            except (OSError, ValueError, self._http.HTTPException) as e:
                 log("DEBUG", "GET %s: failed after %.0f ms (%s)" % (
-                    path, (time.monotonic() - started) * 1000, str(e) or type(e).__name__))
+                    path, (time.monotonic() - started) * 1000, describe_failure(e)))
                 self.close()
                 if reused and attempt == 1 and isinstance(
                         e, (self._http.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
                     continue
-                raise ApiError(None, "cannot reach the API server: %s" % (str(e) or type(e).__name__))
+                if time.monotonic() >= deadline:
+                    raise ApiError(None, "no answer from the API server within %gs"
+                                   % self._timeout)
+                raise ApiError(None, "cannot reach the API server: %s" % describe_failure(e))
 
     def close(self):
         connection = getattr(self._local, "connection", None)
         if connection is not None:
             connection.close()
             self._local.connection = None
+
+
+def describe_failure(error):
+    """What went wrong with a connection, for a log line. A ValueError's text is not shown: it can
+    quote a header (the token) that http.client refused to send."""
+    if isinstance(error, ValueError) and not isinstance(error, OSError):  # (TLS errors are both)
+        return "the request could not be sent (%s)" % type(error).__name__
+    return (str(error) or type(error).__name__)[:300]
 
 
 def kind_of_resource(group_version, resource):
@@ -800,11 +1042,15 @@ def kind_of_resource(group_version, resource):
 # --------------------------------------------------------------------------------------------
 # The read interface: what the checks see. Each distinct read is a collection, listed once and
 # then kept fresh by a watch (or, where watching is refused, by polling), shared by every check.
+# An answer is believed only once its shape is checked, and only the objects that really match
+# the read's namespace and selectors are kept, whatever the server sent.
 # --------------------------------------------------------------------------------------------
 
 WATCH_SECONDS = 240          # server-side timeoutSeconds of a watch, plus up to a minute of jitter
-WATCH_SILENCE = 30           # a stream silent this long past its timeoutSeconds is dropped
+WATCH_SILENCE = 30           # a stream still open this long past its timeoutSeconds is dropped
+HEALTHY_STREAM = 30          # seconds: a watch that ends sooner counts as a failure (backoff)
 BACKOFF_LIMIT = 30.0         # seconds: the longest wait between retries of a failing read
+WATCH_EVENTS = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
 
 
 def backoff(failures, interval, retry_after=None):
@@ -814,6 +1060,60 @@ def backoff(failures, interval, retry_after=None):
     return max(delay, retry_after or 0)
 
 
+def malformed(what, problem):
+    return ApiError(None, "malformed answer for %s: %s" % (what, problem), "Malformed")
+
+
+def is_object(obj):
+    """Shaped like a Kubernetes object: a dict with metadata holding a string name."""
+    return (isinstance(obj, dict) and isinstance(obj.get("metadata"), dict)
+            and isinstance(obj["metadata"].get("name"), str))
+
+
+def parse_selector(selector):
+    """The requirements of a label selector this file wrote (`k=v`, `k in (a,b)`, `k notin (a,b)`,
+    `k`, `!k`), as (key, operator, values); its keys and values are validated, so plain splitting
+    is enough."""
+    requirements, depth, start = [], 0, 0
+    for i, char in enumerate(selector + ","):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            part, start = selector[start:i].strip(), i + 1
+            if " in (" in part or " notin (" in part:
+                key, operator, values = part.split(" ", 2)
+                requirements.append((key, operator, set(values.strip("()").split(","))))
+            elif "=" in part:
+                key, _, value = part.partition("=")
+                requirements.append((key, "in", {value}))
+            elif part.startswith("!"):
+                requirements.append((part[1:], "absent", set()))
+            elif part:
+                requirements.append((part, "exists", set()))
+    return requirements
+
+
+def labels_match(requirements, labels):
+    labels = labels if isinstance(labels, dict) else {}
+    for key, operator, values in requirements:
+        if operator == "in" and labels.get(key) not in values \
+                or operator == "notin" and labels.get(key) in values \
+                or operator == "exists" and key not in labels \
+                or operator == "absent" and key in labels:
+            return False
+    return True
+
+
+def field_selector(path, value):
+    """`path=value` with the value escaped as the API server reads it (`\\`, `,` and `=`)."""
+    return "%s=%s" % (path, value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\="))
+
+
+def parse_field_selector(selector):
+    """(dotted path, value) of a one-requirement field selector written by field_selector()."""
+    path, _, value = selector.partition("=")
+    return path.split("."), re.sub(r"\\(.)", r"\1", value)
+
+
 class Collection(types.SimpleNamespace):
     """One read: a list with selectors, an object by name (a list by metadata.name), or discovery.
 
@@ -821,6 +1121,20 @@ class Collection(types.SimpleNamespace):
     None until the first answer. `mode` says how it is kept fresh: "watch", "poll" (list every
     round), "get" (get by name every round, where list is refused) or "discovery".
     """
+
+    def selects(self, obj):
+        """Whether an object really belongs to this read: a server that ignores a selector (or
+        sends another namespace's objects) must not make a dependency met."""
+        meta = obj["metadata"]
+        if self.namespace and meta.get("namespace") not in (None, self.namespace):
+            return False
+        if not labels_match(self.label_requirements, meta.get("labels")):
+            return False
+        if self.field_requirement:
+            path, value = self.field_requirement
+            if (dig(obj, *path) or "") != value:
+                return False
+        return True
 
 
 class ApiReader:
@@ -837,7 +1151,7 @@ class ApiReader:
         self.watch_allowed = watch
         self.clock = clock
         self.collections = {}
-        self.fixed = {}             # answers that cannot change, read once
+        self.settled = {}           # answers that can no longer change, read once
         self.reads = set()          # collections read by the check being evaluated
         self.changes = queue.Queue()  # collection keys, from watch threads
         self._empty = queue.Empty
@@ -848,15 +1162,16 @@ class ApiReader:
 
     # What checks call ---------------------------------------------------------------------
 
-    def get(self, group_version, resource, namespace, name, once=False):
-        """The object, or None while it does not exist. `once`: it cannot change, read it once."""
-        key = (group_version, resource, namespace, None, "metadata.name=" + name)
-        if once and key in self.fixed:
-            return self.fixed[key]
+    def get(self, group_version, resource, namespace, name, settled=None):
+        """The object, or None while it does not exist. `settled(obj)`: true once what the check
+        needs of the object can no longer change; from then on it is not read again."""
+        key = (group_version, resource, namespace, None, field_selector("metadata.name", name))
+        if key in self.settled:
+            return self.settled[key]
         items = self._answer(key, name)
         obj = items[0] if items else None
-        if once and obj is not None:
-            self.fixed[key] = obj
+        if settled is not None and obj is not None and settled(obj):
+            self.settled[key] = obj
             self.reads.discard(key)
         return obj
 
@@ -865,15 +1180,14 @@ class ApiReader:
 
     def resource_for(self, group_version, kind):
         """The discovery entry serving `kind`, or None while none does (its CRD not installed yet)."""
-        if (group_version, kind) not in self.fixed:
+        if (group_version, kind) not in self.settled:
             key = (group_version, None, None, None, None)
-            served = [r for r in self._answer(key) if isinstance(r, dict) and r.get("kind") == kind
-                      and "/" not in r.get("name", "/")]
+            served = [r for r in self._answer(key) if r["kind"] == kind]
             if not served:
                 return None
-            self.fixed[(group_version, kind)] = served[0]
+            self.settled[(group_version, kind)] = served[0]
             self.reads.discard(key)
-        return self.fixed[(group_version, kind)]
+        return self.settled[(group_version, kind)]
 
     def _answer(self, key, name=None):
         self.reads.add(key)
@@ -905,7 +1219,13 @@ class ApiReader:
                     and collection.watcher is None:
                 collection.watcher = threading.Thread(target=self._watch, args=(collection,),
                                                       daemon=True)
-                collection.watcher.start()
+                try:
+                    start_thread(collection.watcher)
+                except RuntimeError as e:  # a low pids limit: poll this one instead
+                    collection.watcher, collection.mode = None, "poll"
+                    self._say_once(("thread", collection.path),
+                                   "cannot start a thread to watch %s (%s): polling it every %gs "
+                                   "instead" % (self._describe(collection), e, self.interval))
 
     def poll(self, in_use):
         """Refresh the polled collections in use that are due; return the keys whose answer changed."""
@@ -942,17 +1262,15 @@ class ApiReader:
             mode = "poll"
         return Collection(key=key, group_version=group_version, resource=resource,
                           namespace=namespace, name=name, query=query, mode=mode, path=path,
+                          label_requirements=parse_selector(labels or ""),
+                          field_requirement=parse_field_selector(fields) if fields else None,
                           items=None, error=None, resource_version=None, failures=0,
                           next_refresh=0.0, watcher=None, stopped=False)
 
     def refresh(self, collection):
         """Read the collection once (list, get by name, or discovery); True if its answer changed."""
         try:
-            try:
-                items, resource_version = self._read(collection)
-            except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as e:
-                raise ApiError(None, "malformed answer for %s (%s: %s)" % (
-                    self._describe(collection), type(e).__name__, e), "Malformed")
+            items, resource_version = self._read(collection)
         except ApiError as e:
             if e.status == 403 and collection.mode in ("watch", "poll") and collection.name:
                 collection.mode = "get"
@@ -987,16 +1305,15 @@ class ApiReader:
 
     def _read(self, collection):
         """One request for the collection: (items, resourceVersion of the list or None)."""
+        what = self._describe(collection)
         if collection.mode == "discovery":
-            path = collection.path
             try:
-                answer = self.client.get(path)
+                answer = self.client.get(collection.path)
             except ApiError as e:
                 if e.status != 404:
                     raise
                 return {}, None  # the group/version is not served (yet)
-            return {r.get("name"): r for r in answer.get("resources") or []
-                    if isinstance(r, dict)}, None
+            return discovered_resources(answer, what), None
         if collection.mode == "get":
             try:
                 obj = self.client.get(self.client.path(collection.group_version, collection.resource,
@@ -1005,19 +1322,35 @@ class ApiReader:
                 if e.status != 404:
                     raise
                 return {}, None
-            return {(collection.namespace, collection.name): obj}, None
+            if not is_object(obj) or obj["metadata"]["name"] != collection.name:
+                raise malformed(what, "not the object asked for")
+            return {object_key(obj): obj}, None
         answer = self.client.get(collection.path, collection.query)
-        items = answer.get("items") or []
-        return ({object_key(item): item for item in items if isinstance(item, dict)},
-                dig(answer, "metadata", "resourceVersion"))
+        items = answer.get("items")
+        if not isinstance(items, list) or not all(is_object(item) for item in items):
+            raise malformed(what, "not a list of objects")
+        version = dig(answer, "metadata", "resourceVersion")
+        return ({object_key(item): item for item in items if collection.selects(item)},
+                version if isinstance(version, str) else None)
 
     def _watch(self, collection):
-        """A watch thread: follow the collection from its list's resourceVersion, forever.
+        """A watch thread. Whatever goes wrong, it never leaves its collection frozen: on an error
+        no check foresaw, the collection is handed to the engine's polling."""
+        try:
+            self._keep_watching(collection)
+        except Exception as e:
+            log("WARNING", "watching %s failed (%s: %s); polling it every %gs instead"
+                % (self._describe(collection), type(e).__name__, e, self.interval))
+            collection.mode = "poll"
+            self.changes.put(collection.key)
 
-        A stream that ends: resume from the last resourceVersion. ERROR 410 (history compacted):
-        list again at once. Any other failure: back off, list again (so that the answer stays
-        true while watching fails), and watch anew. Watch refused (403) or not supported (405):
-        hand the collection to the engine's polling and stop.
+    def _keep_watching(self, collection):
+        """Follow the collection from its list's resourceVersion, for as long as it is in use.
+
+        A stream that ends after a while: resume from the last resourceVersion. ERROR 410 (history
+        compacted): list again. Streams that end early or fail in a row back off, so that no
+        answer can make this loop spin. Watch refused (403) or not supported (405): hand the
+        collection to the engine's polling and stop.
         """
         import random
         failures, relist = 0, False
@@ -1032,24 +1365,19 @@ class ApiReader:
                          timeoutSeconds=str(seconds))
             if collection.resource_version:
                 query["resourceVersion"] = collection.resource_version
-            opened, events = time.monotonic(), 0
+            opened, error = time.monotonic(), None
             try:
                 for event in self.client.watch(collection.path, query, seconds + WATCH_SILENCE):
                     if collection.stopped:
                         return
                     self._apply(collection, event)
-                    events += 1
-                    failures = 0
                     self._trouble(collection, None)
-                if events or time.monotonic() - opened > 1:
-                    continue  # a normal end (timeoutSeconds): resume
-                error = ApiError(None, "watch stream ended at once")
             except ApiError as e:
                 error = e
-            except (AttributeError, KeyError, TypeError, ValueError) as e:
-                error = ApiError(None, "unexpected watch event (%s: %s)" % (type(e).__name__, e),
-                                 "Malformed")
-            if error.status in (403, 405) and collection.mode == "watch":
+            if error is None and time.monotonic() - opened >= HEALTHY_STREAM:
+                failures = 0
+                continue  # a normal end (timeoutSeconds): resume
+            if error is not None and error.status in (403, 405) and collection.mode == "watch":
                 self._log_refusal("watch", collection, "polling every %gs instead; grant 'watch' "
                                   "to react at once" % self.interval)
                 self.watch_refused.add(collection.path)
@@ -1057,11 +1385,16 @@ class ApiReader:
             if collection.mode != "watch":
                 self.changes.put(collection.key)  # the engine polls it from now on
                 return
-            relist = True
-            if error.status != 410:
-                failures += 1
+            failures += 1
+            if error is None or error.status == 410:
+                # ended early, or its history is gone: at once the first time, then backing off
+                relist = error is not None
+                delay = backoff(failures - 1, self.interval) if failures > 1 else 0
+            else:
+                relist = True
                 self._trouble(collection, error)
-                time.sleep(backoff(failures, self.interval, error.retry_after))
+                delay = backoff(failures, self.interval, error.retry_after)
+            time.sleep(delay)
 
     def _relist(self, collection):
         """List again (the watch history is gone); changes it finds are passed on like events.
@@ -1071,22 +1404,32 @@ class ApiReader:
         return collection.items is not None
 
     def _apply(self, collection, event):
-        kind, obj = event.get("type"), event.get("object") or {}
+        """One watch event, checked first: anything not shaped like an event is malformed."""
+        kind = event.get("type") if isinstance(event, dict) else None
+        obj = event.get("object") if kind in WATCH_EVENTS else None
+        if not isinstance(obj, dict):
+            raise malformed(self._describe(collection), "not a watch event")
         if kind == "ERROR":
-            raise ApiError(obj.get("code"), obj.get("message") or "watch error", obj.get("reason"))
+            code, message = obj.get("code"), obj.get("message")
+            raise ApiError(code if type(code) is int else None,
+                           message[:500] if isinstance(message, str) else "watch error",
+                           obj.get("reason") if isinstance(obj.get("reason"), str) else "")
         version = dig(obj, "metadata", "resourceVersion")
-        if kind in ("ADDED", "MODIFIED", "DELETED"):
-            with self.lock:
-                if collection.items is None:
-                    return  # a failed list is being redone; it will bring this change too
-                if kind == "DELETED":
-                    collection.items.pop(object_key(obj), None)
-                else:
-                    collection.items[object_key(obj)] = obj
-                collection.resource_version = version or collection.resource_version
-            self.changes.put(collection.key)
-        elif kind == "BOOKMARK" and version:
-            collection.resource_version = version
+        version = version if isinstance(version, str) else None
+        if kind == "BOOKMARK":
+            collection.resource_version = version or collection.resource_version
+            return
+        if not is_object(obj):
+            raise malformed(self._describe(collection), "an event without an object")
+        with self.lock:
+            if collection.items is None:
+                return  # a failed list is being redone; it will bring this change too
+            if kind == "DELETED" or not collection.selects(obj):
+                collection.items.pop(object_key(obj), None)
+            else:
+                collection.items[object_key(obj)] = obj
+            collection.resource_version = version or collection.resource_version
+        self.changes.put(collection.key)
 
     # Logging -----------------------------------------------------------------------------
 
@@ -1130,6 +1473,29 @@ class ApiReader:
                 % (self._describe(collection), last[1], last[0]))
         elif error is not None and error.status != 403:
             log("WARNING", "reading %s failed: %s; retrying" % (self._describe(collection), error))
+
+
+def discovered_resources(answer, what):
+    """The resources a discovery answer lists, by name; entries of the wrong shape, subresources
+    (`pods/log`) and names no URL path could carry are left out."""
+    resources = answer.get("resources")
+    if not isinstance(resources, list):
+        raise malformed(what, "no list of resources")
+    return {r["name"]: r for r in resources
+            if isinstance(r, dict) and isinstance(r.get("name"), str)
+            and RESOURCE_NAME.fullmatch(r["name"]) and isinstance(r.get("kind"), str)
+            and isinstance(r.get("namespaced"), bool)}
+
+
+def start_thread(thread):
+    """Start a background thread with the stop signals blocked in it, so that they always reach the
+    main thread, which handles them."""
+    stop_signals = {getattr(signal, name) for name in STOP_SIGNALS}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def object_key(obj):
@@ -1176,6 +1542,23 @@ def is_pod_ready(pod):
                for c in dig(pod, "status", "conditions") or [] if isinstance(c, dict))
 
 
+def list_of(value):
+    """A list from an answer, or [] where the server sent something else (never counted)."""
+    return value if isinstance(value, list) else []
+
+
+def count_of(value):
+    """A counter from an answer (status.succeeded...): a real integer, else 0."""
+    return value if type(value) is int else 0
+
+
+def summary(names, limit=3):
+    """`a, b, c and 7 more`: a reason names a few, never thousands."""
+    names = list(names)
+    shown_names = ", ".join(names[:limit])
+    return shown_names + (" and %d more" % (len(names) - limit) if len(names) > limit else "")
+
+
 def this_pod_not_found(dep):
     return not_met("this pod %s is not found in namespace %s (check POD_NAME and NAMESPACE)"
                    % (dep.pod_name, dep.pod_namespace))
@@ -1183,11 +1566,12 @@ def this_pod_not_found(dep):
 
 def this_pod_node(dep, read):
     """The node this pod runs on (spec.nodeName): set once the pod is scheduled, never changed."""
-    pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name, once=True)
+    pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name,
+                   settled=lambda pod: isinstance(dig(pod, "spec", "nodeName"), str))
     if pod is None:
         return None, this_pod_not_found(dep)
     node = dig(pod, "spec", "nodeName")
-    if not node:
+    if not node or not isinstance(node, str):
         return None, not_met("this pod %s is not scheduled to a node yet" % dep.pod_name)
     return node, None
 
@@ -1202,16 +1586,16 @@ def check_service(dep, read):
             raise
         slices = []
     if slices:
-        endpoints = [e for s in slices for e in s.get("endpoints") or [] if isinstance(e, dict)]
+        endpoints = [e for s in slices for e in list_of(s.get("endpoints")) if isinstance(e, dict)]
         ready = sum(1 for e in endpoints
-                    if e.get("addresses") and dig(e, "conditions", "ready") is not False)
+                    if list_of(e.get("addresses")) and dig(e, "conditions", "ready") is not False)
         return MET if ready else not_met("0 of %d endpoints ready" % len(endpoints))
     endpoints = read.get("v1", "endpoints", dep.namespace, dep.name)
     if endpoints is None:
         return not_met("no endpoints yet (is the Service created?)")
-    subsets = [s for s in endpoints.get("subsets") or [] if isinstance(s, dict)]
-    ready = sum(len(s.get("addresses") or []) for s in subsets)
-    total = ready + sum(len(s.get("notReadyAddresses") or []) for s in subsets)
+    subsets = [s for s in list_of(endpoints.get("subsets")) if isinstance(s, dict)]
+    ready = sum(len(list_of(s.get("addresses"))) for s in subsets)
+    total = ready + sum(len(list_of(s.get("notReadyAddresses"))) for s in subsets)
     return MET if ready else not_met("0 of %d endpoints ready" % total)
 
 
@@ -1224,7 +1608,7 @@ def check_container(dep, read):
                 for c in dig(pod, "spec", key) or [] if isinstance(c, dict)]
     if dep.name not in declared:
         raise ConfigError("DEPENDENCY_CONTAINER", "pod %s has no container %r (it has: %s)"
-                          % (dep.pod_name, dep.name, ", ".join(map(str, declared))))
+                          % (dep.pod_name, dep.name, summary(map(str, declared), 10)))
     for key in ("containerStatuses", "initContainerStatuses"):
         for status in dig(pod, "status", key) or []:
             if isinstance(status, dict) and status.get("name") == dep.name:
@@ -1233,16 +1617,40 @@ def check_container(dep, read):
 
 
 def selector_from_label_selector(selector):
-    """A LabelSelector (matchLabels + matchExpressions) as a label selector string."""
-    requirements = [selector_from_labels(selector.get("matchLabels") or {})]
-    for expression in selector.get("matchExpressions") or []:
+    """A DaemonSet's LabelSelector (matchLabels + matchExpressions) as a label selector string.
+
+    It comes from the server, so every key, value and operator is checked first: one that is
+    not valid is a malformed answer, never dropped (that would select more pods) nor pasted in.
+    """
+    def bad(problem):
+        return ApiError(None, "malformed answer: the daemonset's selector %s" % problem, "Malformed")
+
+    match_labels = selector.get("matchLabels") if isinstance(selector, dict) else None
+    expressions = selector.get("matchExpressions") if isinstance(selector, dict) else None
+    if not isinstance(match_labels or {}, dict) or not isinstance(expressions or [], list):
+        raise bad("is not a LabelSelector")
+    requirements = []
+    for key, value in sorted((match_labels or {}).items()):
+        if not isinstance(value, str) or not LABEL_KEY.fullmatch(key) \
+                or not LABEL_VALUE.fullmatch(value):
+            raise bad("has an invalid label %s" % shown(key))
+        requirements.append("%s=%s" % (key, value))
+    for expression in expressions or []:
+        expression = expression if isinstance(expression, dict) else {}
         key, operator = expression.get("key"), expression.get("operator")
-        values = ",".join(expression.get("values") or [])
-        requirements.append({"In": "%s in (%s)" % (key, values),
-                             "NotIn": "%s notin (%s)" % (key, values),
-                             "Exists": key,
-                             "DoesNotExist": "!" + key}.get(operator, ""))
-    return ",".join(r for r in requirements if r)
+        values = list_of(expression.get("values"))
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key) or not all(
+                isinstance(v, str) and LABEL_VALUE.fullmatch(v) for v in values):
+            raise bad("has an invalid expression %s" % shown(expression))
+        if operator in ("In", "NotIn") and values:
+            requirements.append("%s %s (%s)" % (key, operator.lower(), ",".join(values)))
+        elif operator in ("Exists", "DoesNotExist") and not values:
+            requirements.append(("!" if operator == "DoesNotExist" else "") + key)
+        else:
+            raise bad("has an expression this program cannot read: %s" % shown(expression))
+    if not requirements:
+        raise bad("is empty (it would select every pod)")
+    return ",".join(requirements)
 
 
 def check_daemonset(dep, read):
@@ -1250,27 +1658,33 @@ def check_daemonset(dep, read):
 
     Its selector cannot change, so the DaemonSet is read once; then only its pods are followed.
     """
-    daemonset = read.get("apps/v1", "daemonsets", dep.namespace, dep.name, once=True)
+    daemonset = read.get("apps/v1", "daemonsets", dep.namespace, dep.name,
+                         settled=lambda daemonset: True)  # spec.selector is immutable
     if daemonset is None:
         return not_met("daemonset not found")
     node, problem = this_pod_node(dep, read)
     if problem:
         return problem
-    selector = selector_from_label_selector(dig(daemonset, "spec", "selector") or {})
-    pods = read.list("v1", "pods", dep.namespace, labels=selector, fields="spec.nodeName=" + node)
+    selector = selector_from_label_selector(dig(daemonset, "spec", "selector"))
+    pods = read.list("v1", "pods", dep.namespace, labels=selector,
+                     fields=field_selector("spec.nodeName", node))
     if not pods or any(is_pod_ready(p) for p in pods):
         return MET
     return not_met("pod %s on node %s is not ready"
-                   % (", ".join(dig(p, "metadata", "name") or "?" for p in pods), node))
+                   % (summary(dig(p, "metadata", "name") for p in pods), node))
 
 
 def job_state(job):
-    status = job.get("status") or {}
+    status = job.get("status") if isinstance(job.get("status"), dict) else {}
     failed_for_good = any(c.get("type") == "Failed" and c.get("status") == "True"
-                          for c in status.get("conditions") or [] if isinstance(c, dict))
+                          for c in list_of(status.get("conditions")) if isinstance(c, dict))
     return "not succeeded (%d active, %d failed%s)" % (
-        status.get("active") or 0, status.get("failed") or 0,
+        count_of(status.get("active")), count_of(status.get("failed")),
         "; failed for good, waiting for it to be re-run" if failed_for_good else "")
+
+
+def has_succeeded(job):
+    return count_of(dig(job, "status", "succeeded")) >= 1
 
 
 def check_jobs(dep, read):
@@ -1284,13 +1698,17 @@ def check_jobs(dep, read):
         jobs = read.list("batch/v1", "jobs", dep.namespace, labels=selector_from_labels(dep.labels))
         if not jobs:
             return not_met("no job matches the labels")
-    pending = [j for j in jobs if not (dig(j, "status", "succeeded") or 0) >= 1]
+    pending = [j for j in jobs if not has_succeeded(j)]
     if not pending:
         return MET
     if dep.name:
         return not_met(job_state(pending[0]))
-    return not_met("; ".join("job %s %s" % (dig(j, "metadata", "name"), job_state(j))
-                             for j in pending))
+    first = "job %s %s" % (dig(pending[0], "metadata", "name"), job_state(pending[0]))
+    if len(pending) == 1:
+        return not_met(first)
+    return not_met("%d of %d matching jobs not succeeded: %s; also %s" % (
+        len(pending), len(jobs), first,
+        summary(dig(j, "metadata", "name") for j in pending[1:])))
 
 
 def check_pods(dep, read):
@@ -1300,7 +1718,7 @@ def check_pods(dep, read):
         node, problem = this_pod_node(dep, read)
         if problem:
             return problem
-        fields, where = "spec.nodeName=" + node, " on node %s" % node
+        fields, where = field_selector("spec.nodeName", node), " on node %s" % node
     pods = read.list("v1", "pods", dep.namespace, labels=selector_from_labels(dep.labels),
                      fields=fields)
     if any(is_pod_ready(p) for p in pods):
@@ -1354,11 +1772,14 @@ def check_socket(dep, read):
     return MET
 
 
-def write_file_atomically(path, content):
-    """Write via a temporary file renamed over `path`, so no reader sees half a file.
+def write_file_atomically(path, data):
+    """Write `data` (bytes) all or nothing: into a new temporary file, flushed to disk, then renamed
+    over `path`, so no reader ever sees half a file and a full disk leaves the old one in place.
 
-    Keeps an existing file's mode (else 0644). A single-file mount cannot be renamed over (EBUSY),
-    and its directory may be read-only: there the file is written in place.
+    The temporary file has a random name and is created exclusively, never through a symlink
+    another container may have planted. It keeps an existing file's mode (else 0644). A
+    single-file mount cannot be renamed over (EBUSY), and its directory may be read-only: there
+    the file is written in place (write_in_place).
     """
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
@@ -1366,10 +1787,8 @@ def write_file_atomically(path, content):
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         mode = 0o644
-    data = content.encode("utf-8")
-    temporary = os.path.join(directory, ".%s.%d.tmp" % (os.path.basename(path), os.getpid()))
     try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, temporary = create_temporary_file(directory, os.path.basename(path))
     except OSError as e:
         if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not os.path.isfile(path):
             raise
@@ -1377,20 +1796,86 @@ def write_file_atomically(path, content):
     try:
         try:
             os.fchmod(fd, mode)
-            os.write(fd, data)
+            write_all(fd, data)
+            os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(temporary, path)
-    except OSError as e:
-        os.unlink(temporary)
-        if e.errno != errno.EBUSY:
+    except BaseException as e:  # a full disk, or a stop signal: leave nothing behind
+        remove_quietly(temporary)
+        if not isinstance(e, OSError) or e.errno != errno.EBUSY:
             raise
         write_in_place(path, data)
 
 
+def create_temporary_file(directory, base):
+    """(fd, path) of a new file `.<base>.<random>.tmp`, created exclusively and without following
+    a symlink."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    for _ in range(100):
+        temporary = os.path.join(directory, ".%s.%s.tmp" % (base[:200], os.urandom(8).hex()))
+        try:
+            return os.open(temporary, flags, 0o600), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", directory)
+
+
+def write_all(fd, data):
+    """os.write until everything is written: a short count is not the end (a full disk raises)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
+def remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def write_in_place(path, data):
-    with open(path, "wb") as f:
-        f.write(data)
+    """Rewrite a file that cannot be replaced (a single-file mount). Nothing atomic is possible:
+    the new bytes are written over the old without truncating first, and if that fails the old
+    bytes are put back, so a full disk does not leave half a file."""
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    try:
+        old = b""
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            old += chunk
+        if old == data:
+            return
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            write_all(fd, data)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        except BaseException:
+            try:
+                os.lseek(fd, 0, os.SEEK_SET)
+                write_all(fd, old)
+                os.ftruncate(fd, len(old))
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(fd)
+
+
+def read_bytes(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def check_config(dep, read):
@@ -1401,7 +1886,7 @@ def check_config(dep, read):
     if getattr(dep, "dry_run", False):
         if not os.path.exists(dep.path):
             return not_met("not written yet")
-        return MET if read_text(dep.path) == dep.content else not_met("differs from the rendering")
+        return MET if read_bytes(dep.path) == dep.content else not_met("differs from the rendering")
     try:
         write_file_atomically(dep.path, dep.content)
     except OSError as e:
@@ -1472,23 +1957,30 @@ def parse_dependencies(env, settings):
 
 
 def split_command(value):
-    """COMMAND split on runs of whitespace; no shell, no quoting."""
-    return value.split()
+    """COMMAND split on runs of ASCII whitespace, as a shell would (a no-break space or other
+    Unicode space belongs to the word); no shell, no quoting."""
+    return [word for word in re.split("[ \t\n\r\v\f]+", value) if word]
 
 
 # --------------------------------------------------------------------------------------------
 # The waiting engine: re-check a dependency whenever what it read changes, until all are met.
 # --------------------------------------------------------------------------------------------
 
+MAX_REASON = 300  # characters of one reason in a log line
+
+
 def evaluate(dependency, read):
     """Run the dependency's check; an API failure or an answer of the wrong shape is a reason to
-    wait, not a crash."""
+    wait, not a crash. Reasons are cut short: a server's message may be long."""
     try:
-        return dependency.check(dependency, read)
+        verdict = dependency.check(dependency, read)
     except ApiError as e:
-        return not_met(str(e))
+        verdict = not_met(str(e))
     except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as e:
-        return not_met("unexpected answer from the API server (%s: %s)" % (type(e).__name__, e))
+        verdict = not_met("unexpected answer from the API server (%s: %s)" % (type(e).__name__, e))
+    if len(verdict.reason) > MAX_REASON:
+        verdict = not_met(verdict.reason[:MAX_REASON - 3] + "...")
+    return verdict
 
 
 class Waiting:
@@ -1599,8 +2091,8 @@ STOPPING = []  # the signal that stopped the wait, once one has
 
 
 def on_stop_signal(signum, frame):
-    """The first signal stops the wait; later ones are let go while the process reports and exits.
-    (Setting SIG_IGN here instead would race with signals already pending.)"""
+    """The first signal stops the wait; later ones are let go while the process reports and exits
+    (see finish_quietly)."""
     if not STOPPING:
         STOPPING.append(signum)
         raise Stop(signum)
@@ -1758,7 +2250,8 @@ def prepare(env, options, connect=True):
     api_variables = [d.variable for d in dependencies if d.needs_api]
     if api_variables and connect:
         url = settings.api_server or api_server_url(env, api_variables[0])
-        reader = ApiReader(ApiClient(url, settings.serviceaccount_dir), settings.poll_interval,
+        client = ApiClient(url, settings.serviceaccount_dir, settings.request_timeout)
+        reader = ApiReader(client, settings.poll_interval,
                            watch=not options.check)
     return settings, dependencies, reader, argv
 
@@ -1797,11 +2290,26 @@ def report_unmet(waiting, headline):
 
 
 def main(arguments=None, env=None):
-    env = os.environ if env is None else env
-    arguments = sys.argv[1:] if arguments is None else arguments
-    for name in STOP_SIGNALS:
-        signal.signal(getattr(signal, name), on_stop_signal)
-    waiting = None
+    """Run, and return the exit code. Whenever a stop signal comes (even while an error is being
+    reported), it ends here as one report and 128+signal: never a traceback."""
+    state = types.SimpleNamespace(waiting=None, timeout=0)
+    try:
+        for name in STOP_SIGNALS:
+            signal.signal(getattr(signal, name), on_stop_signal)
+        if EARLY_SIGNALS:  # it came while Python was still loading this file
+            STOPPING.append(EARLY_SIGNALS[0])
+            raise Stop(EARLY_SIGNALS[0])
+        code = run(sys.argv[1:] if arguments is None else arguments,
+                   os.environ if env is None else env, state)
+        finish_quietly()
+        return code
+    except Stop as stop:
+        finish_quietly()
+        return report_stop(stop.signum, state)
+
+
+def run(arguments, env, state):
+    """Parse, check the command, then wait (or --check, or --validate) and exec."""
     try:
         configure_logging(env)
         options = parse_arguments(arguments)
@@ -1811,14 +2319,14 @@ def main(arguments=None, env=None):
                 return validate(dependencies, argv, env)
             except CommandError as e:
                 raise ConfigError("COMMAND", str(e).split(": ", 1)[-1])
+        state.timeout = settings.timeout if options.timeout is None else options.timeout
+        if state.timeout:  # an alarm, so that even a request that hangs cannot hold us past it
+            signal.setitimer(signal.ITIMER_REAL, state.timeout)
         if options.check:
             return check_once(dependencies, reader)
         executable = find_command(argv, env.get("PATH", os.defpath)) if argv else None
-        waiting = Waiting(dependencies, reader, settings.poll_interval)
-        timeout = settings.timeout if options.timeout is None else options.timeout
-        if timeout:  # an alarm, so that even a request that hangs cannot hold the process past it
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-        waiting.run(settings.progress_interval)
+        state.waiting = Waiting(dependencies, reader, settings.poll_interval)
+        state.waiting.run(settings.progress_interval)
         signal.setitimer(signal.ITIMER_REAL, 0)
         if not argv:
             log("WARNING", "COMMAND env is empty")
@@ -1830,18 +2338,32 @@ def main(arguments=None, env=None):
     except CommandError as e:
         log("ERROR", str(e))
         return e.code
-    except Stop as stop:
-        for name in STOP_SIGNALS:  # else one arriving during interpreter shutdown kills the process
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-        if stop.signum == signal.SIGALRM:
-            report_unmet(waiting, "timed out")
-            return 1
-        name = signal.Signals(stop.signum).name
-        if waiting is not None:
-            report_unmet(waiting, "stopped by " + name)
-        else:
-            log("ERROR", "stopped by %s; the command was not run" % name)
-        return 128 + stop.signum
+
+
+def finish_quietly():
+    """From here the process only reports and exits, and no signal can change that: the stop
+    signals are blocked (they stay pending and end with the process). Not SIG_IGN, which makes a
+    signal already pending print "ignored due to race condition"; and not the handler alone,
+    which Python resets to the default while it shuts down."""
+    STOPPING.append(None)  # the handler raises no more
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {getattr(signal, name) for name in STOP_SIGNALS})
+
+
+def report_stop(signum, state):
+    """What was unmet when the timeout or a signal stopped the wait; the exit code."""
+    if signum == signal.SIGALRM:
+        headline, code = "timed out", 1
+    else:
+        headline, code = "stopped by " + signal.Signals(signum).name, 128 + signum
+    if state.waiting is not None:
+        report_unmet(state.waiting, headline)
+    elif signum == signal.SIGALRM:
+        log("ERROR", "timed out after %s before every dependency was checked"
+            % duration(state.timeout))
+    else:
+        log("ERROR", "%s; the command was not run" % headline)
+    return code
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ class DictReader:
         if (verb, resource) in self.refused:
             raise ke.ApiError(403, "%s is forbidden" % resource, "Forbidden")
 
-    def get(self, group_version, resource, namespace, name, once=False):
+    def get(self, group_version, resource, namespace, name, settled=None):
         self.calls.append(("get", resource, namespace, name))
         self._refuse("get", resource)
         for obj in self.objects.get((group_version, resource), []):

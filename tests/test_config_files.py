@@ -132,12 +132,12 @@ def test_placeholder_error_is_one_line(tmp_path):
     assert "\n" not in str(caught.value)
 
 
-def test_template_that_is_not_utf8(tmp_path):
+def test_template_that_is_not_utf8_is_copied_as_bytes(tmp_path):
+    """As the original does: bytes that are not UTF-8 and line ends pass through untouched."""
     make_template(tmp_path / "configmaps", "x.conf", "")
-    (tmp_path / "configmaps" / "x.conf" / "x.conf").write_bytes(b"x \xff")
-    with pytest.raises(ke.ConfigError) as caught:
-        config_deps(tmp_path, str(tmp_path / "x.conf"))
-    assert "not UTF-8" in str(caught.value)
+    (tmp_path / "configmaps" / "x.conf" / "x.conf").write_bytes(b"x \xff {{ .IP }}\r\n\r")
+    [dep] = config_deps(tmp_path, str(tmp_path / "x.conf"))
+    assert dep.content == b"x \xff 127.0.0.1\r\n\r"
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to drop to another user")

@@ -58,7 +58,7 @@ def test_repeating_error_is_logged_once_with_a_count(api, entrypoint):
     env, unmet, met = SCENARIOS["service"]
     api.deny("watch", "endpointslices")
     unmet(api)
-    run = entrypoint(dict(api.env(), ENTRYPOINT_POLL_INTERVAL="0.05", **env))
+    run = entrypoint(dict(api.env(), ENTRYPOINT_POLL_INTERVAL="0.1", **env))
     wait_until_waiting(api)
     api.inject(status=503, times=6)
     met(api)

@@ -75,8 +75,8 @@ def test_signal_stops_promptly_saying_what_was_unmet(api, entrypoint, signum, co
 # Progress and logs ------------------------------------------------------------------------
 
 def test_progress_lines_say_what_is_unmet_and_for_how_long(api, entrypoint):
-    run = entrypoint(dict(unmet_service(api), ENTRYPOINT_PROGRESS_INTERVAL="0.5"))
-    time.sleep(1.8)
+    run = entrypoint(dict(unmet_service(api), ENTRYPOINT_PROGRESS_INTERVAL="1"))
+    time.sleep(3.5)
     api.put(k8s.endpoint_slice("mariadb", "openstack"))
     run.assert_execd()
     progress = [line for line in run.stdout.splitlines() if "Still waiting" in line]

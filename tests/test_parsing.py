@@ -58,7 +58,7 @@ def test_namespace_falls_back_to_serviceaccount_file_then_default(tmp_path):
     ("a:b:c", "more than one colon"),
     (":name", "empty namespace"),
     ("ns:", "empty name"),
-    ("Bad_Name", "not a valid Kubernetes name"),
+    ("Bad_Name", "is not a valid Kubernetes"),
     ("ns/x:name", "not a valid Kubernetes namespace"),
 ])
 def test_bad_namespaced_items_are_errors(tmp_path, item, problem):
