@@ -2173,9 +2173,12 @@ SETTINGS_HELP = [
                                       % DEFAULT_SERVICEACCOUNT_DIR),
     ("ENTRYPOINT_CONFIGMAPS_DIR", "where CONFIG templates are (default %s)" % DEFAULT_CONFIGMAPS_DIR),
     ("ENTRYPOINT_TIMEOUT", "give up after this many seconds, exit 1 (default 0: never)"),
-    ("ENTRYPOINT_POLL_INTERVAL", "seconds between polls where watch is refused (default 2)"),
-    ("ENTRYPOINT_PROGRESS_INTERVAL", "seconds between lines saying what is still unmet (default 30; "
-                                     "0: none)"),
+    ("ENTRYPOINT_POLL_INTERVAL", "seconds between polls where watch is refused (default 2, "
+                                 "at least 0.1)"),
+    ("ENTRYPOINT_REQUEST_TIMEOUT", "seconds one API request may take in all (default 10, at "
+                                   "least 0.1)"),
+    ("ENTRYPOINT_PROGRESS_INTERVAL", "seconds between lines saying what is still unmet (default 30, "
+                                     "at least 1; 0: none)"),
     ("ENTRYPOINT_LOG_FORMAT", "text (default) or json"),
     ("ENTRYPOINT_LOG_LEVEL", "debug (adds every API request), info (default), warning, error"),
 ]
@@ -2259,11 +2262,11 @@ def prepare(env, options, connect=True):
 def validate(dependencies, argv, env):
     """--validate: the dependencies as parsed, and the command as it would run."""
     for dep in dependencies:
-        write(sys.stdout, "%s\n" % dep)
+        write(sys.stdout, "%s\n" % one_line(str(dep)))
     if argv:
         executable = find_command(argv, env.get("PATH", os.defpath))
-        write(sys.stdout, "command: %s\n" % " ".join(
-            [executable or argv[0] + " (answered in-process)"] + argv[1:]))
+        write(sys.stdout, "command: %s\n" % one_line(" ".join(
+            [executable or argv[0] + " (answered in-process)"] + argv[1:])))
     else:
         write(sys.stdout, "command: none (exit 0 once everything is met)\n")
     return 0
@@ -2275,7 +2278,7 @@ def check_once(dependencies, read):
     for dep in dependencies:
         dep.dry_run = True
         verdict = evaluate(dep, read)
-        rows.append((str(dep), "yes" if verdict.met else "no", verdict.reason))
+        rows.append((one_line(str(dep)), "yes" if verdict.met else "no", one_line(verdict.reason)))
     width = max([len("DEPENDENCY")] + [len(row[0]) for row in rows])
     write(sys.stdout, "".join("%-*s  %-3s  %s\n" % ((width,) + row)
                               for row in [("DEPENDENCY", "MET", "REASON")] + rows))
