@@ -166,13 +166,28 @@ OBJECT_NAME = re.compile(DNS_SUBDOMAIN)                        # pods, daemonset
 LABEL_NAME = re.compile(DNS_LABEL)                             # namespaces, containers
 SERVICE_NAME = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")  # DNS-1035 label
 JOB_NAME = re.compile(r"(?=.{1,63}\Z)" + DNS_SUBDOMAIN)         # its pods carry it as a label
-LABEL_PART = r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?"
-LABEL_KEY = re.compile(r"(?:%s/)?%s" % (DNS_SUBDOMAIN, LABEL_PART))
-LABEL_VALUE = re.compile(r"(?:%s)?" % LABEL_PART)
-GROUP_VERSION = re.compile(r"(?:%s/)?[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?" % DNS_SUBDOMAIN)
+LABEL_PART = re.compile(r"[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")  # a key's name, a value
+VERSION = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")                  # v1, v1beta1
 KIND_NAME = re.compile(r"[A-Za-z](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?")
-RESOURCE_NAME = re.compile(DNS_SUBDOMAIN)  # a plural resource name from discovery
-HOST_NAME = re.compile(r"(?=.{1,253}\Z)(?:[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?\.?)+")
+RESOURCE_NAME = OBJECT_NAME  # a plural resource name from discovery
+HOST_PART = r"[A-Za-z0-9](?:[-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+HOST_NAME = re.compile(r"(?=.{1,253}\Z)%s(?:\.%s)*\.?" % (HOST_PART, HOST_PART))
+
+
+def is_label_key(key):
+    """`name` or `prefix/name`, the prefix a DNS subdomain."""
+    prefix, slash, name = key.rpartition("/")
+    return bool(LABEL_PART.fullmatch(name) and (not slash or OBJECT_NAME.fullmatch(prefix)))
+
+
+def is_label_value(value):
+    return value == "" or bool(LABEL_PART.fullmatch(value))
+
+
+def is_group_version(group_version):
+    """`v1` (the core group) or `group/version`, the group a DNS subdomain."""
+    group, slash, version = group_version.rpartition("/")
+    return bool(VERSION.fullmatch(version) and (not slash or OBJECT_NAME.fullmatch(group)))
 
 
 class Settings(types.SimpleNamespace):
@@ -215,7 +230,7 @@ def read_text(path, limit=65536):
     try:
         with open(path, "rb") as f:
             return f.read(limit).decode("utf-8", "replace")
-    except OSError:
+    except (OSError, ValueError):
         return ""
 
 
@@ -410,10 +425,10 @@ def json_labels(variable, entry, required):
                               % (shown(key), entry_text(entry)))
         # Checked as Kubernetes does: anything else would change the selector's meaning
         # (`app!` + `=x` reads `app!=x`) or be refused by the API server on every try.
-        if not LABEL_KEY.fullmatch(key):
+        if not is_label_key(key):
             raise ConfigError(variable, "%s is not a valid label key ([prefix/]name: name up to 63 "
                                         "of A-Z a-z 0-9 - _ ., prefix a DNS subdomain)" % shown(key))
-        if not LABEL_VALUE.fullmatch(val):
+        if not is_label_value(val):
             raise ConfigError(variable, "%s is not a valid value for label %s (empty, or up to 63 "
                                         "of A-Z a-z 0-9 - _ ., alphanumeric at both ends)"
                               % (shown(val), key))
@@ -529,7 +544,7 @@ def parse_custom_resources(variable, value, settings):
         api_version = json_string(variable, entry, "apiVersion", required=True)
         kind = json_string(variable, entry, "kind", required=True)
         name = json_string(variable, entry, "name", required=True)
-        if not GROUP_VERSION.fullmatch(api_version):
+        if not is_group_version(api_version):
             raise ConfigError(variable, "apiVersion %s is not group/version (example.com/v1) or a "
                                         "core version (v1)" % shown(api_version))
         check_name(variable, kind, "kind (CamelCase letters and digits)", KIND_NAME)
@@ -1631,16 +1646,16 @@ def selector_from_label_selector(selector):
         raise bad("is not a LabelSelector")
     requirements = []
     for key, value in sorted((match_labels or {}).items()):
-        if not isinstance(value, str) or not LABEL_KEY.fullmatch(key) \
-                or not LABEL_VALUE.fullmatch(value):
+        if not isinstance(value, str) or not is_label_key(key) \
+                or not is_label_value(value):
             raise bad("has an invalid label %s" % shown(key))
         requirements.append("%s=%s" % (key, value))
     for expression in expressions or []:
         expression = expression if isinstance(expression, dict) else {}
         key, operator = expression.get("key"), expression.get("operator")
         values = list_of(expression.get("values"))
-        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key) or not all(
-                isinstance(v, str) and LABEL_VALUE.fullmatch(v) for v in values):
+        if not isinstance(key, str) or not is_label_key(key) or not all(
+                isinstance(v, str) and is_label_value(v) for v in values):
             raise bad("has an invalid expression %s" % shown(expression))
         if operator in ("In", "NotIn") and values:
             requirements.append("%s %s (%s)" % (key, operator.lower(), ",".join(values)))

@@ -1,0 +1,355 @@
+"""Issue 7, configuration hardening: every value is checked as Kubernetes would check it, so a
+mistake is one line and exit 2 at start, never a request that can never succeed, a traceback or
+a silent hang. Labels (item 4), POD_NAME (item 11), custom resources (item 12), names, host,
+settings and COMMAND (item 13), CONFIG templates as bytes (item 15), and a fuzz guard."""
+
+import json
+import signal
+
+import pytest
+
+import kubernetes_entrypoint as ke
+
+
+def parse(tmp_path, **env):
+    env.setdefault("ENTRYPOINT_SERVICEACCOUNT_DIR", str(tmp_path / "no-serviceaccount"))
+    return ke.parse_dependencies(env, ke.read_settings(env))
+
+
+def config_error(tmp_path, **env):
+    with pytest.raises(ke.ConfigError) as caught:
+        parse(tmp_path, **env)
+    return caught.value
+
+
+def assert_config_exit(run, variable):
+    """Exit 2, one stderr line naming `variable`, no traceback, and the command never ran."""
+    code = run.finish()
+    assert "Traceback" not in run.stderr, run.stderr
+    assert code == 2, (code, run.stdout, run.stderr)
+    errors = run.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("Entrypoint ERROR: "), run.stderr
+    assert variable + ": " in errors[0], errors[0]
+    assert run.report() is None
+
+
+def short(value):
+    """A readable test id for a value that may be 120000 characters long."""
+    text = repr(value)
+    return text if len(text) <= 24 else "%s...(%d chars)" % (text[:16], len(value))
+
+
+def ready_file(tmp_path):
+    """A DEPENDENCY_SOCKET that is met at once: a dependency that needs neither API nor POD_NAME."""
+    path = tmp_path / "ready"
+    path.write_text("")
+    return str(path)
+
+
+# Item 4: label keys and values in DEPENDENCY_JOBS_JSON and DEPENDENCY_POD_JSON ---------------
+
+BAD_LABELS = [
+    {"app!": "db-sync"}, {"a": "b,c=d"}, {"a": "x y"}, {"a": "v" * 64}, {"": "x"},
+    {"Bad_Prefix/x": "y"}, {"a/b/c": "y"}, {"-a": "y"},
+    {"k" * 64: "y"}, {"a.": "y"}, {"a": "-v"}, {"example.com/": "y"}, {"/x": "y"},
+    {"a" * 254 + "/x": "y"},
+]
+GOOD_LABELS = [
+    {"example.com/app": ""}, {"app": "a.b-c_D9"}, {"application": "nova", "component": "db-sync"},
+    {"k" * 63: "v" * 63}, {"a" * 253 + "/x": "y"}, {"A_b.C": "Z"},
+]
+LABEL_VARIABLES = ["DEPENDENCY_JOBS_JSON", "DEPENDENCY_POD_JSON"]
+
+
+@pytest.mark.parametrize("variable", LABEL_VARIABLES)
+@pytest.mark.parametrize("labels", BAD_LABELS, ids=short)
+def test_item4_invalid_label_is_an_error(tmp_path, variable, labels):
+    """issue 7 item 4: a label Kubernetes would refuse is a ConfigError naming the variable."""
+    error = config_error(tmp_path, **{variable: json.dumps([{"labels": labels}])})
+    assert error.variable == variable
+
+
+@pytest.mark.parametrize("variable", LABEL_VARIABLES)
+@pytest.mark.parametrize("labels", GOOD_LABELS, ids=short)
+def test_item4_valid_labels_parse(tmp_path, variable, labels):
+    """issue 7 item 4: every label Kubernetes accepts still parses."""
+    assert len(parse(tmp_path, **{variable: json.dumps([{"labels": labels}])})) == 1
+
+
+def test_item4_invalid_label_end_to_end(api, entrypoint):
+    """issue 7 item 4: a bad label is exit 2 at start, not a wrong selector waited on forever."""
+    env = dict(api.env(), DEPENDENCY_JOBS_JSON=json.dumps([{"labels": {"a": "b,c=d"}}]),
+               ENTRYPOINT_TIMEOUT="2")  # the old code, which accepts it, gives up after 2s
+    assert_config_exit(entrypoint(env), "DEPENDENCY_JOBS_JSON")
+
+
+# Item 11: POD_NAME is an object name whenever it is set --------------------------------------
+
+@pytest.mark.parametrize("pod_name", ["My Pod", "../x?y#", "a\nb", "a" * 120000, "a..b",
+                                      "-a", "a-", ".a", "a" * 254], ids=short)
+def test_item11_invalid_pod_name_is_an_error(tmp_path, pod_name):
+    """issue 7 item 11: a POD_NAME that is no object name is an error even where none needs it."""
+    error = config_error(tmp_path, POD_NAME=pod_name, DEPENDENCY_SERVICE="x")
+    assert error.variable == "POD_NAME"
+
+
+@pytest.mark.parametrize("pod_name", ["nova-api-7d9f-x2", "a.b", "a" * 253, "   "],
+                         ids=short)
+def test_item11_valid_or_unset_pod_name(tmp_path, pod_name):
+    """issue 7 item 11: valid names, and a blank (unset) POD_NAME, are fine."""
+    assert len(parse(tmp_path, POD_NAME=pod_name, DEPENDENCY_SERVICE="x")) == 1
+
+
+@pytest.mark.parametrize("pod_name", ["My Pod", "a\nb"])
+def test_item11_invalid_pod_name_end_to_end(entrypoint, tmp_path, pod_name):
+    """issue 7 item 11: exit 2 in one line, though no dependency needs POD_NAME."""
+    run = entrypoint({"POD_NAME": pod_name, "DEPENDENCY_SOCKET": ready_file(tmp_path)})
+    assert_config_exit(run, "POD_NAME")
+
+
+# Item 12: DEPENDENCY_CUSTOM_RESOURCE apiVersion, kind and name --------------------------------
+
+def custom_resource(**changes):
+    entry = {"apiVersion": "example.com/v1", "kind": "Widget", "name": "w"}
+    entry.update(changes)
+    return json.dumps([entry])
+
+
+@pytest.mark.parametrize("key, value", [
+    ("apiVersion", " "), ("kind", " "), ("name", " "), ("name", "\t "),
+    ("apiVersion", "example.com/v1?watch=1#"), ("apiVersion", "../v1"),
+    ("apiVersion", "Example.com/v1"), ("apiVersion", "example.com/"), ("apiVersion", "/v1"),
+    ("apiVersion", "example.com/V1"), ("apiVersion", "V1"), ("apiVersion", "example.com/1v"),
+    ("apiVersion", "example.com/" + "v" * 64), ("apiVersion", "a" * 254 + "/v1"),
+    ("apiVersion", "exa mple.com/v1"),
+    ("kind", "Wid get"), ("kind", "1Widget"), ("kind", "Widget/x"), ("kind", "Widget-"),
+    ("kind", "W" * 64),
+    ("name", "."), ("name", ".."), ("name", "a/b"), ("name", "/"), ("name", "a%2Fb"),
+    ("name", "%"), ("name", "a\nb"), ("name", "a\tb"), ("name", "a\x00b"), ("name", "a\x7fb"),
+], ids=short)
+def test_item12_invalid_custom_resource_is_an_error(tmp_path, key, value):
+    """issue 7 item 12: apiVersion, kind or name that cannot make a valid request is an error."""
+    error = config_error(tmp_path, DEPENDENCY_CUSTOM_RESOURCE=custom_resource(**{key: value}))
+    assert error.variable == "DEPENDENCY_CUSTOM_RESOURCE"
+
+
+@pytest.mark.parametrize("key, value", [
+    ("apiVersion", "v1"), ("apiVersion", "apps/v1"), ("apiVersion", "example.com/v1beta1"),
+    ("apiVersion", "rbac.authorization.k8s.io/v1"),
+    ("kind", "X"), ("kind", "Cron-Tab2"), ("kind", "W" * 63),
+    ("name", "a,b"), ("name", "a=b"), ("name", "a:b"), ("name", "..."), ("name", "a..b"),
+    ("name", "Upper_Case"),
+])
+def test_item12_valid_custom_resource_parses(tmp_path, key, value):
+    """issue 7 item 12: what the API allows still parses (names may hold , = and :)."""
+    [dep] = parse(tmp_path, DEPENDENCY_CUSTOM_RESOURCE=custom_resource(**{key: value}))
+    assert key != "name" or dep.name == value
+
+
+def test_item12_invalid_custom_resource_end_to_end(api, entrypoint):
+    """issue 7 item 12: a query string smuggled into apiVersion is exit 2 at start."""
+    env = dict(api.env(), ENTRYPOINT_TIMEOUT="2",
+               DEPENDENCY_CUSTOM_RESOURCE=custom_resource(apiVersion="example.com/v1?x=1#"))
+    assert_config_exit(entrypoint(env), "DEPENDENCY_CUSTOM_RESOURCE")
+
+
+# Item 13: Service, Job and DaemonSet names -----------------------------------------------------
+
+@pytest.mark.parametrize("variable, value", [
+    ("DEPENDENCY_SERVICE", "a" * 64), ("DEPENDENCY_SERVICE", "1db"),
+    ("DEPENDENCY_SERVICE", "a..b"), ("DEPENDENCY_SERVICE", "a.b"),
+    ("DEPENDENCY_SERVICE", "ns:" + "a" * 64), ("DEPENDENCY_SERVICE", "ns:1db"),
+    ("DEPENDENCY_SERVICE", "ns:a.b"),
+    ("DEPENDENCY_JOBS", "a" * 64), ("DEPENDENCY_JOBS", "a..b"), ("DEPENDENCY_JOBS", "ns:a..b"),
+    ("DEPENDENCY_JOBS", "ns:" + "a" * 64),
+    ("DEPENDENCY_JOBS_JSON", json.dumps([{"name": "a" * 64}])),
+    ("DEPENDENCY_JOBS_JSON", json.dumps([{"name": "a..b"}])),
+    ("DEPENDENCY_DAEMONSET", "a..b"), ("DEPENDENCY_DAEMONSET", "ns:a..b"),
+    ("DEPENDENCY_DAEMONSET", "a" * 254),
+], ids=short)
+def test_item13_invalid_object_name_is_an_error(tmp_path, variable, value):
+    """issue 7 item 13: Services are DNS-1035 labels, Jobs subdomains <= 63, DaemonSets <= 253."""
+    error = config_error(tmp_path, POD_NAME="p", **{variable: value})
+    assert error.variable == variable
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("DEPENDENCY_SERVICE", "a" * 63), ("DEPENDENCY_SERVICE", "ns:db-1"),
+    ("DEPENDENCY_JOBS", "a" * 63), ("DEPENDENCY_JOBS", "db-init.v2"),
+    ("DEPENDENCY_JOBS_JSON", json.dumps([{"name": "db-init.v2"}])),
+    ("DEPENDENCY_JOBS_JSON", json.dumps([{"name": "a" * 63}])),
+    ("DEPENDENCY_DAEMONSET", "a" * 253), ("DEPENDENCY_DAEMONSET", "ns:ovs.agent"),
+], ids=short)
+def test_item13_valid_object_names_parse(tmp_path, variable, value):
+    """issue 7 item 13: the longest and dotted names Kubernetes allows still parse."""
+    assert len(parse(tmp_path, POD_NAME="p", **{variable: value})) == 1
+
+
+# Item 13: KUBERNETES_SERVICE_HOST and the ENTRYPOINT_* settings, end to end ---------------------
+
+@pytest.mark.parametrize("host", ["-1", "..", "a..b", "a" * 120000, "host name", "a-.com",
+                                  "a" * 64 + ".com"], ids=short)
+def test_item13_invalid_api_host_exits_2(api, entrypoint, host):
+    """issue 7 item 13: KUBERNETES_SERVICE_HOST must be an IP address or a DNS host name."""
+    env = dict(api.env(), KUBERNETES_SERVICE_HOST=host, DEPENDENCY_SERVICE="x",
+               ENTRYPOINT_TIMEOUT="2")  # the old code, which accepts these, gives up after 2s
+    assert_config_exit(entrypoint(env), "KUBERNETES_SERVICE_HOST")
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("ENTRYPOINT_API_SERVER", "https://127.0.0.1:0"),
+    ("ENTRYPOINT_POLL_INTERVAL", "1e-9"), ("ENTRYPOINT_POLL_INTERVAL", "0.01"),
+    ("ENTRYPOINT_POLL_INTERVAL", "0.099"),
+    ("ENTRYPOINT_PROGRESS_INTERVAL", "0.5"), ("ENTRYPOINT_PROGRESS_INTERVAL", "1e-9"),
+    # ENTRYPOINT_REQUEST_TIMEOUT is new (default 10, minimum 0.1): the old code ignores it.
+    ("ENTRYPOINT_REQUEST_TIMEOUT", "0"), ("ENTRYPOINT_REQUEST_TIMEOUT", "abc"),
+    ("ENTRYPOINT_REQUEST_TIMEOUT", "0.05"), ("ENTRYPOINT_REQUEST_TIMEOUT", "-1"),
+    ("ENTRYPOINT_REQUEST_TIMEOUT", "nan"),
+])
+def test_item13_bad_setting_exits_2(entrypoint, variable, value):
+    """issue 7 item 13: settings below their minimum (or unusable) are exit 2 naming them."""
+    assert_config_exit(entrypoint({variable: value}), variable)
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("ENTRYPOINT_POLL_INTERVAL", "0.1"), ("ENTRYPOINT_PROGRESS_INTERVAL", "0"),
+    ("ENTRYPOINT_PROGRESS_INTERVAL", "1"), ("ENTRYPOINT_REQUEST_TIMEOUT", "0.1"),
+    ("ENTRYPOINT_REQUEST_TIMEOUT", "10"),
+])
+def test_item13_setting_at_its_minimum_is_fine(entrypoint, variable, value):
+    """issue 7 item 13: the minimum itself (and 0 for progress: off) is accepted."""
+    entrypoint({variable: value}).assert_execd()
+
+
+@pytest.mark.parametrize("value, words", [
+    ("a\xa0b c", ["a\xa0b", "c"]),
+    ("a\x1cb", ["a\x1cb"]),
+    ("a\u2003b", ["a\u2003b"]),
+    ("a\u2028b\x85c", ["a\u2028b\x85c"]),
+    ("  a \t b\n", ["a", "b"]),
+    ("a\vb\fc\rd", ["a", "b", "c", "d"]),
+], ids=short)
+def test_item13_command_split_on_ascii_whitespace_only(value, words):
+    """issue 7 item 13: COMMAND splits on ASCII whitespace only, never inside a Unicode word."""
+    assert ke.split_command(value) == words
+
+
+# Item 15: CONFIG templates are bytes, copied exactly but for the placeholders ------------------
+
+TEMPLATES = [
+    (b"caf\xe9 {{ .IP }}\r\nx\ry\n", b"caf\xe9 127.0.0.1\r\nx\ry\n"),  # Latin-1, CRLF, lone CR
+    (b"a = {{ .IP }}\r\nb\r\n", b"a = 127.0.0.1\r\nb\r\n"),  # UTF-8 (ASCII) with CRLF
+    (b"x\r{{ .IP }}", b"x\r127.0.0.1"),  # lone CR, no final newline
+    (b"caf\xc3\xa9 \xff\xfe {{ .IP }}\n", b"caf\xc3\xa9 \xff\xfe 127.0.0.1\n"),  # mixed bytes
+]
+
+
+def config_env(tmp_path, template):
+    source = tmp_path / "configmaps" / "app.conf" / "app.conf"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(template)
+    destination = tmp_path / "etc" / "app.conf"
+    env = {"DEPENDENCY_CONFIG": str(destination), "INTERFACE_NAME": "lo",
+           "ENTRYPOINT_CONFIGMAPS_DIR": str(tmp_path / "configmaps")}
+    return env, destination
+
+
+@pytest.mark.parametrize("template, rendered", TEMPLATES, ids=short)
+def test_item15_template_bytes_copied_exactly(entrypoint, tmp_path, template, rendered):
+    """issue 7 item 15: CRLF, lone CR and non-UTF-8 bytes survive rendering; the command runs."""
+    env, destination = config_env(tmp_path, template)
+    entrypoint(env).assert_execd()
+    assert destination.read_bytes() == rendered
+
+
+@pytest.mark.parametrize("template, rendered", TEMPLATES, ids=short)
+def test_item15_check_sees_exact_bytes_as_met(entrypoint, tmp_path, template, rendered):
+    """issue 7 item 15: --check finds a destination holding exactly the rendering met."""
+    env, destination = config_env(tmp_path, template)
+    destination.parent.mkdir()
+    destination.write_bytes(rendered)
+    run = entrypoint(env, arguments=["--check"])
+    assert run.finish() == 0, (run.stdout, run.stderr)
+    assert destination.read_bytes() == rendered
+
+
+@pytest.mark.parametrize("destination", ["/tmp/x/..", "/tmp/x/.", "..", "."])
+def test_item15_destination_named_dot_or_dot_dot_is_an_error(tmp_path, destination):
+    """issue 7 item 15 / 12 (path safety): a destination whose base name is . or .. is refused."""
+    (tmp_path / "configmaps").mkdir()
+    error = config_error(tmp_path, DEPENDENCY_CONFIG=destination, INTERFACE_NAME="lo",
+                         ENTRYPOINT_CONFIGMAPS_DIR=str(tmp_path / "configmaps"))
+    assert error.variable == "DEPENDENCY_CONFIG"
+
+
+# Fuzz guard: hostile values in every variable are exit 0 or a one-line exit 2, never a crash ----
+
+HOSTILE = ["\x00", "\n", "a" * 100000, "{{", "[{}]", "\xff", "-1", "nan", "inf"]
+FUZZED = [kind.variable for kind in ke.KINDS] + [
+    "NAMESPACE", "POD_NAME", "INTERFACE_NAME", "KUBERNETES_SERVICE_HOST",
+    "KUBERNETES_SERVICE_PORT", "ENTRYPOINT_TIMEOUT", "ENTRYPOINT_POLL_INTERVAL",
+    "ENTRYPOINT_PROGRESS_INTERVAL", "ENTRYPOINT_REQUEST_TIMEOUT", "ENTRYPOINT_LOG_FORMAT",
+    "ENTRYPOINT_LOG_LEVEL", "ENTRYPOINT_API_SERVER", "COMMAND",
+]
+
+
+def fuzz_env(tmp_path, variable, value):
+    """A working configuration that reaches every variable, with `variable` set to `value`."""
+    template = tmp_path / "configmaps" / "app.conf" / "app.conf"
+    template.parent.mkdir(parents=True, exist_ok=True)
+    template.write_bytes(b"ip={{ .IP }}\n")
+    env = {"PATH": "/usr/bin:/bin", "ENTRYPOINT_SERVICEACCOUNT_DIR": str(tmp_path / "no-sa"),
+           "ENTRYPOINT_CONFIGMAPS_DIR": str(tmp_path / "configmaps"), "POD_NAME": "p",
+           "INTERFACE_NAME": "lo", "DEPENDENCY_SERVICE": "db",
+           "DEPENDENCY_CONFIG": str(tmp_path / "out" / "app.conf"),
+           "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
+    env[variable] = value
+    return env
+
+
+@pytest.fixture
+def main_in_process(capfd):
+    """ke.main(["--validate"], env) in this process: (exit code, stderr); signals and log state
+    restored afterwards, since main installs its own."""
+    signums = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+    saved_signals = {signum: signal.getsignal(signum) for signum in signums}
+    log_state = getattr(getattr(ke, "LOG", None), "__dict__", None)
+    saved_log = dict(log_state) if log_state is not None else None
+
+    def run(env):
+        code = ke.main(["--validate"], env)
+        return code, capfd.readouterr().err
+
+    yield run
+    for signum, handler in saved_signals.items():
+        signal.signal(signum, handler)
+    if saved_log is not None:
+        log_state.update(saved_log)
+
+
+def test_fuzz_baseline_is_valid(main_in_process, tmp_path):
+    """issue 7 fuzz guard: the configuration the fuzz starts from is itself fine."""
+    assert main_in_process(fuzz_env(tmp_path, "COMMAND", "true")) == (0, "")
+
+
+@pytest.mark.parametrize("value", HOSTILE, ids=short)
+@pytest.mark.parametrize("variable", FUZZED)
+def test_fuzz_hostile_values_are_exit_0_or_one_line_exit_2(main_in_process, tmp_path, variable,
+                                                           value):
+    """issue 7 fuzz guard: no hostile value crashes parsing, or makes more than one error line."""
+    code, stderr = main_in_process(fuzz_env(tmp_path, variable, value))
+    assert code in (0, 2), (code, stderr)
+    assert "Traceback" not in stderr
+    if code == 2:
+        assert len(stderr.splitlines()) == 1, stderr
+
+
+@pytest.mark.parametrize("variable", FUZZED)
+def test_fuzz_end_to_end(entrypoint, tmp_path, variable):
+    """issue 7 fuzz guard, as a process: a long non-ASCII value is exit 0 or one-line exit 2."""
+    run = entrypoint(fuzz_env(tmp_path, variable, "\xff" + "a" * 100000 + "{{\n"),
+                     arguments=["--validate"])
+    code = run.finish()
+    assert code in (0, 2) and "Traceback" not in run.stderr, (code, run.stderr[-2000:])
+    if code == 2:
+        assert len(run.stderr.splitlines()) == 1, run.stderr[-2000:]
