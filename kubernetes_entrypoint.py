@@ -11,8 +11,7 @@ refused), one check per kind, the kinds table, the waiting engine, and main/exec
 library only, Python 3.8+.
 """
 
-import signal
-import sys
+import _signal  # the built-in half of `signal`, already loaded: the handlers come before all else
 
 EARLY_SIGNALS = []  # stop signals that came before main() took over, while Python was loading
 
@@ -24,10 +23,12 @@ def remember_early_signal(signum, frame):
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, remember_early_signal)
-    signal.signal(signal.SIGINT, remember_early_signal)
+    _signal.signal(_signal.SIGINT, remember_early_signal)
+    _signal.signal(_signal.SIGTERM, remember_early_signal)
 
-import errno  # noqa: E402  (the handlers above come first, before anything slow)
+import signal  # noqa: E402  (the handlers above come first, before anything slow)
+import sys  # noqa: E402
+import errno  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
