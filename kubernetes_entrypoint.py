@@ -719,7 +719,7 @@ class ApiError(Exception):
 
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # one answer or one watch event; more is malformed
 MAX_ERROR_BYTES = 64 * 1024         # what is read of an error answer
-RETRY_AFTER_LIMIT = 60              # seconds: the longest Retry-After honoured
+RETRY_AFTER_LIMIT = 10              # seconds: the longest Retry-After honoured (then backoff)
 TOKEN_TEXT = re.compile(r"[\x21-\x7e]{1,65536}")  # printable ASCII: anything else would break
                                                   # the header, and the error would show it
 

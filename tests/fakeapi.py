@@ -4,7 +4,8 @@ Why it exists: the entrypoint talks raw HTTP(S) to the API server, so its tests
 need a server speaking the same wire protocol (TLS checked against the
 service-account CA, bearer tokens, Status error bodies, discovery, chunked
 watch streams), plus knobs a real cluster lacks: RBAC denials on demand, token
-rotation, history compaction and injected faults.
+rotation, history compaction and injected faults, down to raw bytes that no
+well-behaved server would send (a hostile or broken apiserver or proxy).
 
 Only GET is served over HTTP; tests change objects through the Python methods
 (put, update, delete), and every change is seen by open watches::
@@ -33,7 +34,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import trustme
 
@@ -220,19 +221,58 @@ class LabelSelector:
         return True
 
 
+def _split_unescaped_commas(text):
+    """Split on the commas that separate requirements, not the escaped `\\,` inside a value."""
+    parts, current, escaped = [], "", False
+    for char in text:
+        if char == "," and not escaped:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+        escaped = char == "\\" and not escaped
+    return parts + [current]
+
+
+def _unescape_field_value(value):
+    """A fieldSelector value as fields.UnescapeValue reads it.
+
+    Why: any string can be an object's name (custom resources allow commas and `=`), so clients
+    escape `\\` `,` `=` as `\\\\` `\\,` `\\=` (fields.EscapeValue); any other escape, a lone
+    trailing backslash, or a bare `,` or `=` is a 400, as on the real apiserver.
+    """
+    result, escaped = "", False
+    for char in value:
+        if escaped:
+            if char not in "\\,=":
+                raise BadRequest("invalid field selector: invalid escape sequence: \\" + char)
+            result += char
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char in ",=":
+            raise BadRequest("invalid field selector: unescaped character in value: " + char)
+        else:
+            result += char
+    if escaped:
+        raise BadRequest("invalid field selector: invalid escape sequence: \\")
+    return result
+
+
 class FieldSelector:
-    """A parsed fieldSelector; only the fields the real apiserver indexes for the kind are accepted."""
+    """A parsed fieldSelector; only the fields the real apiserver indexes for the kind are accepted.
+    Values may carry the escapes of fields.EscapeValue (`metadata.name=a\\,b` selects `a,b`)."""
 
     def __init__(self, text, kind):
         self.requirements = []
-        for part in text.split(",") if text.strip() else ():
+        for part in _split_unescaped_commas(text) if text.strip() else ():
             match = _FIELD_REQUIREMENT.fullmatch(part)
             if not match:
                 raise BadRequest("invalid selector: '%s'; can't understand '%s'" % (text, part))
             field, operator, value = match.groups()
             if field not in _COMMON_FIELDS + _KIND_FIELDS.get(kind, ()):
                 raise BadRequest("field label not supported: " + field)
-            self.requirements.append((field, operator == "!=", value))
+            self.requirements.append((field, operator == "!=", _unescape_field_value(value)))
 
     def matches(self, obj):
         return all((_field_value(obj, field) == value) != negated
@@ -320,9 +360,10 @@ _UNKNOWN = _Route(None, None, None, None, None)
 
 
 class _Fault:
-    """One inject() rule; `remaining` None means until clear_faults()."""
+    """One inject() rule; `remaining` None means until clear_faults(). `served` counts the
+    requests it has answered, so a test can wait for its fault to be hit, or prove it was."""
 
-    def __init__(self, status, remaining, match, retry_after, body, reset, hang):
+    def __init__(self, status, remaining, match, retry_after, body, reset, hang, raw=None):
         self.status = status
         self.remaining = remaining
         self.match = match
@@ -330,6 +371,8 @@ class _Fault:
         self.body = body
         self.reset = reset
         self.hang = hang
+        self.raw = raw
+        self.served = 0
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -441,6 +484,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._send(status, json.dumps(document).encode())
 
     def _apply_fault(self, fault):
+        if fault.raw is not None:
+            return self._send_raw(fault.raw)
         if fault.reset or fault.hang is not None:
             self._log(0)
             if fault.hang is not None:
@@ -456,6 +501,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             body = json.dumps(status_body(fault.status, "injected fault: " + phrase, details={})).encode()
         headers = [("Retry-After", str(fault.retry_after))] if fault.retry_after is not None else []
         self._send(fault.status, body, headers)
+
+    def _send_raw(self, raw):
+        """A raw fault: bytes written as they are, or raw(wfile, stopping) writing what it likes;
+        then the connection is closed. Logged with the status of a bytes answer's status line
+        (0 for a callable, or bytes that are no HTTP at all)."""
+        status = 0
+        if not callable(raw):
+            match = re.match(rb"HTTP/\d\.\d (\d{3})", raw)
+            status = int(match.group(1)) if match else 0
+        self._log(status)
+        try:
+            if callable(raw):
+                raw(self.wfile, self.server.api._stopping)
+            else:
+                self.wfile.write(raw)
+        except OSError:
+            pass  # the client hung up: what a client does that gives up on an endless answer
+        self.close_connection = True
 
     # -- watch -------------------------------------------------------------
 
@@ -856,18 +919,29 @@ class FakeKubeAPI:
 
     # -- faults ------------------------------------------------------------
 
-    def inject(self, status=500, times=1, match=None, retry_after=None, body=None, reset=False, hang=None):
+    def inject(self, status=500, times=1, match=None, retry_after=None, body=None, reset=False, hang=None,
+               raw=None):
         """Make the next `times` requests (None: all, until clear_faults()) whose target
-        (path and query) contains `match` fail, before authentication is checked:
+        (path and query, as sent: still percent-encoded) contains `match` fail, before
+        authentication is checked:
 
           default: HTTP `status` with a Status body, or the raw `body` bytes;
           retry_after: add a Retry-After header with this value;
           reset=True: close the connection with an RST, sending nothing;
-          hang=seconds: send nothing for that long, then close (with reset=True, by RST).
-        Rules are tried in the order they were injected.
+          hang=seconds: send nothing for that long, then close (with reset=True, by RST);
+          raw=bytes: write exactly these bytes (status line, headers, body, or anything else),
+            then close the connection: a hostile server, e.g. a body cut short of its
+            Content-Length, a chunk size no client can hold, a status line never finished;
+          raw=callable: call raw(wfile, stopping) to write, stream or sleep as it likes (an
+            endless line, one byte a second), then close. It should return once `stopping`
+            (a threading.Event, set by stop()) is set; OSError from a client gone is ignored.
+        Rules are tried in the order they were injected. Returns the rule; its `served` counts
+        the requests it has answered.
         """
+        fault = _Fault(status, times, match, retry_after, body, reset, hang, raw)
         with self._lock:
-            self._faults.append(_Fault(status, times, match, retry_after, body, reset, hang))
+            self._faults.append(fault)
+        return fault
 
     def clear_faults(self):
         with self._lock:
@@ -877,6 +951,7 @@ class FakeKubeAPI:
         with self._lock:
             for fault in self._faults:
                 if fault.match is None or fault.match in target:
+                    fault.served += 1
                     if fault.remaining is not None:
                         fault.remaining -= 1
                         if fault.remaining <= 0:
@@ -921,7 +996,9 @@ class FakeKubeAPI:
 
     def _route(self, path, query):
         """What a request path means: discovery, get, list or watch, or unknown."""
-        parts = [part for part in path.split("/") if part]
+        # Segments are percent-decoded, as the real apiserver does: a client quotes a name like
+        # "a,b" as a%2Cb in an object's path.
+        parts = [unquote(part) for part in path.split("/") if part]
         with self._lock:
             if parts == ["api"]:
                 return _Route("discovery", None, None, None, self._api_versions())
