@@ -1555,7 +1555,7 @@ def dig(obj, *keys):
 
 def is_pod_ready(pod):
     return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in dig(pod, "status", "conditions") or [] if isinstance(c, dict))
+               for c in list_of(dig(pod, "status", "conditions")) if isinstance(c, dict))
 
 
 def list_of(value):
@@ -1620,13 +1620,15 @@ def check_container(dep, read):
     pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name)
     if pod is None:
         return this_pod_not_found(dep)
+    if not list_of(dig(pod, "spec", "containers")):  # every pod has one: not an answer to trust
+        raise ApiError(None, "malformed answer: this pod has no list of containers", "Malformed")
     declared = [c.get("name") for key in ("containers", "initContainers")
-                for c in dig(pod, "spec", key) or [] if isinstance(c, dict)]
+                for c in list_of(dig(pod, "spec", key)) if isinstance(c, dict)]
     if dep.name not in declared:
         raise ConfigError("DEPENDENCY_CONTAINER", "pod %s has no container %r (it has: %s)"
                           % (dep.pod_name, dep.name, summary(map(str, declared), 10)))
     for key in ("containerStatuses", "initContainerStatuses"):
-        for status in dig(pod, "status", key) or []:
+        for status in list_of(dig(pod, "status", key)):
             if isinstance(status, dict) and status.get("name") == dep.name:
                 return MET if status.get("ready") is True else not_met("container is not ready")
     return not_met("container has no status yet")
@@ -1767,7 +1769,7 @@ def check_custom_resource(dep, read):
             return not_met("field %s is missing, want %r" % (key, want))
         if field_text(value) != want:
             return not_met("field %s is %r, want %r" % (key, field_text(value), want))
-    conditions = [c for c in dig(obj, "status", "conditions") or [] if isinstance(c, dict)]
+    conditions = [c for c in list_of(dig(obj, "status", "conditions")) if isinstance(c, dict)]
     for kind, want in dep.conditions:
         found = [c.get("status") for c in conditions if c.get("type") == kind]
         if not found:
@@ -2312,6 +2314,7 @@ def main(arguments=None, env=None):
     """Run, and return the exit code. Whenever a stop signal comes (even while an error is being
     reported), it ends here as one report and 128+signal: never a traceback."""
     state = types.SimpleNamespace(waiting=None, timeout=0)
+    del STOPPING[:]
     try:
         for name in STOP_SIGNALS:
             signal.signal(getattr(signal, name), on_stop_signal)
@@ -2360,13 +2363,19 @@ def run(arguments, env, state):
 
 
 def finish_quietly():
-    """From here the process only reports and exits, and no signal can change that: the stop
-    signals are blocked (they stay pending and end with the process). Not SIG_IGN, which makes a
-    signal already pending print "ignored due to race condition"; and not the handler alone,
-    which Python resets to the default while it shuts down."""
-    STOPPING.append(None)  # the handler raises no more
+    """From here the process only reports and exits, and no signal can change that: the handler
+    raises no more. (Not SIG_IGN, which makes a signal already pending print "ignored due to race
+    condition".)"""
+    STOPPING.append(None)
     signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def exit_quietly(code):
+    """Exit with the stop signals blocked: they stay pending and end with the process. Python
+    resets their handlers to the default while it shuts down, and one arriving then would kill the
+    process instead of letting it exit with its code."""
     signal.pthread_sigmask(signal.SIG_BLOCK, {getattr(signal, name) for name in STOP_SIGNALS})
+    sys.exit(code)
 
 
 def report_stop(signum, state):
@@ -2386,4 +2395,4 @@ def report_stop(signum, state):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly(main())
