@@ -606,7 +606,7 @@ class FakeKubeAPI:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, tls=None):
         self.history_limit = 1000
         self.bookmark_interval = 1.0
         self.expire_with_http_410 = False
@@ -631,13 +631,22 @@ class FakeKubeAPI:
         for rtype in BUILTIN_RESOURCES:
             self.register_resource(*rtype)
 
-        ca = trustme.CA()
         self._tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._tls)
         self.sa_dir = Path(workdir) / "serviceaccount"
         self.sa_dir.mkdir(parents=True, exist_ok=True)
         self.ca_path = self.sa_dir / "ca.crt"
-        ca.cert_pem.write_to_path(str(self.ca_path))
+        if tls is None:  # a CA and a server certificate as a well-kept cluster has them
+            ca = trustme.CA()
+            ca.issue_cert("127.0.0.1", "localhost").configure_cert(self._tls)
+            ca.cert_pem.write_to_path(str(self.ca_path))
+        else:  # (certificate PEM, key PEM, CA PEM) of the test's own making (tests/certs.py)
+            certificate, key, ca_pem = tls
+            server_files = Path(workdir) / "server-tls"
+            server_files.mkdir(parents=True, exist_ok=True)
+            (server_files / "tls.crt").write_bytes(certificate)
+            (server_files / "tls.key").write_bytes(key)
+            self._tls.load_cert_chain(str(server_files / "tls.crt"), str(server_files / "tls.key"))
+            self.ca_path.write_bytes(ca_pem)
         (self.sa_dir / "namespace").write_text("default")
         self._tokens = set()
         self._token = None
