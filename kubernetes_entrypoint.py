@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/python3 -IS
 """kubernetes-entrypoint: wait until a container's Kubernetes dependencies are met, then exec its command.
 
 It reads DEPENDENCY_* variables (services, containers, daemonsets, jobs, pods, custom resources,

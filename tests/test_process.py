@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -333,3 +334,20 @@ def test_closed_stdout_is_no_crash(tmp_path):
                                 "PATH": "/usr/bin:/bin"},
                            preexec_fn=lambda: os.close(1))
     assert code == 0
+
+
+@pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="no /usr/bin/python3")
+def test_run_by_its_shebang_ignores_the_pods_python_variables(tmp_path):
+    """An app image's PYTHONHOME/PYTHONPATH must not reach the entrypoint's own interpreter (a
+    PYTHONHOME of a virtualenv would stop Python before it starts), but the command gets them."""
+    executable = tmp_path / "kubernetes-entrypoint"
+    executable.write_bytes(open(SCRIPT, "rb").read())
+    executable.chmod(0o755)
+    python_variables = {"PYTHONHOME": str(tmp_path / "venv"), "PYTHONPATH": str(tmp_path / "lib"),
+                        "PYTHONSTARTUP": str(tmp_path / "nothing.py")}
+    result = subprocess.run([str(executable)], env=dict(
+        python_variables, PATH="/usr/bin:/bin", COMMAND="/usr/bin/env"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    for name, value in python_variables.items():
+        assert "%s=%s\n" % (name, value) in result.stdout
