@@ -34,14 +34,14 @@ pytestmark = pytest.mark.skipif(
     reason="podman or the image %s is missing (.ci/run builds it)" % IMAGE)
 
 
-def podman_run(env=None, options=(), name=None, background=False):
+def podman_run(env=None, options=(), name=None, background=False, arguments=()):
     """`podman run` of the image with these variables; the result, or the Popen when background."""
     command = ["podman", "run", "--rm", "--network", "host"]
     if name:
         command += ["--name", name]
     for key, value in (env or {}).items():
         command += ["-e", "%s=%s" % (key, value)]
-    command += list(options) + [IMAGE]
+    command += list(options) + [IMAGE] + list(arguments)
     if background:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 universal_newlines=True)
@@ -127,3 +127,35 @@ def test_pods_python_variables_do_not_reach_the_entrypoint():
     assert result.returncode == 0, result.stderr
     seen = json.loads(result.stdout.splitlines()[-1])
     assert {k: seen.get(k) for k in variables} == variables
+
+
+def test_executable_lifted_into_another_image_runs_on_its_python(tmp_path):
+    """`COPY --from=` takes the one file; where the Python differs from the image's, the bytecode
+    inside is passed over and the source beside it runs."""
+    container = subprocess.run(["podman", "create", IMAGE], stdout=subprocess.PIPE,
+                               universal_newlines=True, check=True).stdout.strip()
+    try:
+        lifted = tmp_path / "kubernetes-entrypoint"
+        subprocess.run(["podman", "cp", "%s:/usr/local/bin/kubernetes-entrypoint" % container,
+                        str(lifted)], check=True)
+    finally:
+        subprocess.run(["podman", "rm", container], stdout=subprocess.DEVNULL)
+    assert os.access(str(lifted), os.X_OK)
+    if not os.access("/usr/bin/python3", os.X_OK):
+        pytest.skip("no /usr/bin/python3 here to run it with")
+    result = subprocess.run([str(lifted)], env={"PATH": "/usr/bin:/bin", "COMMAND": "echo lifted"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            universal_newlines=True, timeout=30)
+    assert (result.returncode, result.stdout) == (0, "lifted\n"), result.stderr
+
+
+def test_plain_source_copied_in_still_runs(tmp_path):
+    script = tmp_path / "kubernetes_entrypoint.py"
+    shutil.copy(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "kubernetes_entrypoint.py"), str(script))
+    os.chmod(str(tmp_path), 0o755)
+    os.chmod(str(script), 0o644)
+    result = podman_run({"COMMAND": "echo from source"}, options=[
+        "-v", "%s:/app:ro" % tmp_path, "--entrypoint", "/usr/bin/python3"],
+        arguments=["-I", "-S", "/app/kubernetes_entrypoint.py"])
+    assert (result.returncode, result.stdout) == (0, "from source\n"), result.stderr
