@@ -789,11 +789,16 @@ def api_server_url(env, variable_hint):
 
 class DeadlineSocket:
     """A connected socket whose every send and receive ends at its connection's one deadline, so
-    that a server trickling a byte at a time cannot hold a request past its whole time."""
+    that a server trickling a byte at a time cannot hold a request past its whole time.
+
+    As with socket.makefile(), closing it while a response is still being read (an answer after
+    which the server closes the connection) closes it only once that response is done."""
 
     def __init__(self, sock, connection):
         self._sock = sock
         self._connection = connection
+        self._readers = 0
+        self._closed = False
 
     def _arm(self):
         remaining = self._connection.deadline - time.monotonic()
@@ -811,10 +816,18 @@ class DeadlineSocket:
 
     def makefile(self, mode="rb"):
         import io
+        self._readers += 1
         return io.BufferedReader(SocketReader(self))
 
+    def reader_closed(self):
+        self._readers -= 1
+        if self._closed and not self._readers:
+            self._sock.close()
+
     def close(self):
-        self._sock.close()
+        self._closed = True
+        if not self._readers:
+            self._sock.close()
 
 
 class SocketReader(__import__("io").RawIOBase):
@@ -829,6 +842,11 @@ class SocketReader(__import__("io").RawIOBase):
 
     def readinto(self, buffer):
         return self._sock.recv_into(buffer)
+
+    def close(self):
+        if not self.closed:
+            super().close()
+            self._sock.reader_closed()
 
 
 def bounded_connection(base):

@@ -506,3 +506,26 @@ def test_item_12_custom_resource_named_with_a_comma(api, entrypoint):
         [{"apiVersion": "example.com/v1", "kind": "Widget", "name": "a,b",
           "conditions": [{"type": "Ready"}]}])))
     assert_execd_cleanly(run)
+
+
+# Answers that end the connection after them --------------------------------------------------
+
+def succeeded_job_list(api):
+    job = k8s.job("j", succeeded=1)
+    job["metadata"].update(namespace="default", resourceVersion="99")
+    return as_json(list_body("JobList", job))
+
+
+CLOSING_ANSWERS = {
+    "Connection: close": lambda body: http("200 OK", body, headers=[("Connection", "close")]),
+    "HTTP/1.0, read until closed": lambda body: b"HTTP/1.0 200 OK\r\n\r\n" + body,
+}
+
+
+@pytest.mark.parametrize("answer", sorted(CLOSING_ANSWERS))
+def test_answer_that_closes_the_connection_is_read_whole(api, entrypoint, answer):
+    """A server may close the connection after an answer (going away, an HTTP/1.0 proxy): the
+    answer is still read to its end and believed."""
+    run = wait_for_job(api, entrypoint, watch=False)
+    api.inject(raw=CLOSING_ANSWERS[answer](succeeded_job_list(api)), match="/jobs", times=None)
+    assert_execd_cleanly(run)
