@@ -43,6 +43,8 @@ __version__ = "0.1.0"
 
 DEFAULT_SERVICEACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 DEFAULT_CONFIGMAPS_DIR = "/configmaps"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"  # Kubernetes' default terminationMessagePath
+TERMINATION_MESSAGE_BYTES = 4096                  # what the kubelet keeps of it
 POLL_INTERVAL = 2.0          # seconds between rounds, as the original (ENTRYPOINT_POLL_INTERVAL)
 REQUEST_TIMEOUT = 10.0       # seconds for any one API request
 TOKEN_REREAD_AFTER = 60.0    # the kubelet rotates the token; reread it at least this often
@@ -2199,15 +2201,16 @@ def restore_signals():
 
 
 def exec_command(argv, executable):
-    """Replace this process with the command; only returns (an exit code) when that is impossible."""
+    """Replace this process with the command. An in-process `true`/`echo` returns its exit code;
+    an exec that fails raises CommandError."""
     if executable is None:
         return run_in_process(argv)
     restore_signals()
     try:
         os.execv(executable, argv)
     except OSError as e:
-        log("ERROR", "COMMAND: cannot execute %s: %s" % (executable, e.strerror or e))
-        return 127 if e.errno == errno.ENOENT else 126
+        raise CommandError(127 if e.errno == errno.ENOENT else 126,
+                           "COMMAND: cannot execute %s: %s" % (executable, e.strerror or e))
 
 
 SETTINGS_HELP = [
@@ -2229,6 +2232,8 @@ SETTINGS_HELP = [
                                    "least 0.1)"),
     ("ENTRYPOINT_PROGRESS_INTERVAL", "seconds between lines saying what is still unmet (default 30, "
                                      "at least 1; 0: none)"),
+    ("ENTRYPOINT_TERMINATION_LOG", "where to say why the process ended without exec'ing (default "
+                                   "%s; empty: nowhere)" % DEFAULT_TERMINATION_LOG),
     ("ENTRYPOINT_LOG_FORMAT", "text (default) or json"),
     ("ENTRYPOINT_LOG_LEVEL", "debug (adds every API request), info (default), warning, error"),
 ]
@@ -2335,31 +2340,68 @@ def check_once(dependencies, read):
     return 0 if all(row[1] == "yes" for row in rows) else 1
 
 
-def report_unmet(waiting, headline):
-    log("ERROR", "%s after %s waiting for %d of %d dependencies; the command was not run"
-        % (headline, duration(waiting.waited()), len(waiting.pending), len(waiting.dependencies)))
+def report_unmet(waiting, headline, state):
+    """Log what was unmet when the wait was stopped, and keep it for the termination message."""
+    headline = "%s after %s waiting for %d of %d dependencies" % (
+        headline, duration(waiting.waited()), len(waiting.pending), len(waiting.dependencies))
+    log("ERROR", headline + "; the command was not run")
+    state.summary = [headline]
     for dep, reason in waiting.unmet():
         log("ERROR", "still unmet: %s: %s" % (dep, reason), dep)
+        state.summary.append("%s: %s" % (dep, reason))
+
+
+def termination_message(lines, limit=TERMINATION_MESSAGE_BYTES):
+    """The lines, most useful first, as bytes of at most `limit`: whole lines only, and where
+    some do not fit, a last line saying how many were left out."""
+    encoded = [redact(one_line(line[:1000])).encode("utf-8", "backslashreplace") + b"\n"
+               for line in lines]
+    message = b""
+    for index, line in enumerate(encoded):
+        left = len(encoded) - index - 1
+        tail = ("\u2026 and %d more\n" % (left + 1)).encode("utf-8") if left else b""
+        if len(message) + len(line) + len(tail) > limit and (left or len(message) + len(line) > limit):
+            return message + ("\u2026 and %d more\n" % (len(encoded) - index)).encode("utf-8")
+        message += line
+    return message
+
+
+def write_termination_message(path, lines):
+    """Tell Kubernetes why the container ended: `kubectl describe pod` shows it. The file is the
+    kubelet's to create; where it is missing or cannot be written, nothing is said above debug."""
+    if not path or not lines:
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0))
+        try:
+            write_all(fd, termination_message(lines))
+        finally:
+            os.close(fd)
+    except (OSError, ValueError) as e:
+        log("DEBUG", "no termination message written to %s: %s"
+            % (path, getattr(e, "strerror", None) or e))
 
 
 def main(arguments=None, env=None):
     """Run, and return the exit code. Whenever a stop signal comes (even while an error is being
     reported), it ends here as one report and 128+signal: never a traceback."""
-    state = types.SimpleNamespace(waiting=None, timeout=0)
-    del STOPPING[:]
+    env = os.environ if env is None else env
+    state = types.SimpleNamespace(waiting=None, timeout=0, summary=[], termination_log=env.get(
+        "ENTRYPOINT_TERMINATION_LOG", DEFAULT_TERMINATION_LOG).strip())
     try:
+        del STOPPING[:]
         for name in STOP_SIGNALS:
             signal.signal(getattr(signal, name), on_stop_signal)
         if EARLY_SIGNALS:  # it came while Python was still loading this file
             STOPPING.append(EARLY_SIGNALS[0])
             raise Stop(EARLY_SIGNALS[0])
-        code = run(sys.argv[1:] if arguments is None else arguments,
-                   os.environ if env is None else env, state)
+        code = run(sys.argv[1:] if arguments is None else arguments, env, state)
         finish_quietly()
-        return code
     except Stop as stop:
         finish_quietly()
-        return report_stop(stop.signum, state)
+        code = report_stop(stop.signum, state)
+    write_termination_message(state.termination_log, state.summary)
+    return code
 
 
 def run(arguments, env, state):
@@ -2368,6 +2410,8 @@ def run(arguments, env, state):
         configure_logging(env)
         options = parse_arguments(arguments)
         settings, dependencies, reader, argv = prepare(env, options, connect=not options.validate)
+        if options.validate or options.check:
+            state.termination_log = None  # run by hand, not as a container's process
         if options.validate:
             try:
                 return validate(dependencies, argv, env)
@@ -2382,15 +2426,19 @@ def run(arguments, env, state):
         state.waiting = Waiting(dependencies, reader, settings.poll_interval)
         state.waiting.run(settings.progress_interval)
         signal.setitimer(signal.ITIMER_REAL, 0)
+        state.summary = ["all %d dependencies met after %s" % (
+            len(dependencies), duration(state.waiting.waited()))]
         if not argv:
             log("WARNING", "COMMAND env is empty")
             return 0
         return exec_command(argv, executable)
     except ConfigError as e:
         log("ERROR", str(e))
+        state.summary = [str(e)]
         return 2
     except CommandError as e:
         log("ERROR", str(e))
+        state.summary = [str(e)]
         return e.code
 
 
@@ -2417,12 +2465,12 @@ def report_stop(signum, state):
     else:
         headline, code = "stopped by " + signal.Signals(signum).name, 128 + signum
     if state.waiting is not None:
-        report_unmet(state.waiting, headline)
-    elif signum == signal.SIGALRM:
-        log("ERROR", "timed out after %s before every dependency was checked"
-            % duration(state.timeout))
-    else:
-        log("ERROR", "%s; the command was not run" % headline)
+        report_unmet(state.waiting, headline, state)
+        return code
+    if signum == signal.SIGALRM:
+        headline = "timed out after %s before every dependency was checked" % duration(state.timeout)
+    log("ERROR", "%s; the command was not run" % headline)
+    state.summary = [headline]
     return code
 
 
