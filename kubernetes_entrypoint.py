@@ -105,6 +105,13 @@ def redact(text):
     return text
 
 
+def clip(text, limit):
+    """Text cut to `limit` characters, the token taken out first: a cut must not leave a piece of it
+    that redact() would no longer recognise."""
+    text = redact(text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def write(stream, text):
     """Write unbuffered to the stream's file descriptor. A stream that was closed at start or whose
     reader went away (a broken pipe) is not worth dying for: the text is dropped."""
@@ -722,8 +729,9 @@ class ApiError(Exception):
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # one answer or one watch event; more is malformed
 MAX_ERROR_BYTES = 64 * 1024         # what is read of an error answer
 RETRY_AFTER_LIMIT = 10              # seconds: the longest Retry-After honoured (then backoff)
-TOKEN_TEXT = re.compile(r"[\x21-\x7e]{1,65536}")  # printable ASCII: anything else would break
-                                                  # the header, and the error would show it
+# A bearer token's characters (RFC 6750): anything else would break the header (and the error
+# would show it), or be escaped in a JSON log line where redact() would not recognise it.
+TOKEN_TEXT = re.compile(r"[A-Za-z0-9._~+/-]{1,65536}=*")
 
 
 class TokenFile:
@@ -749,8 +757,9 @@ class TokenFile:
         else:
             problem = "the file is empty"
             if value and not TOKEN_TEXT.fullmatch(value.decode("latin-1")):
-                value, problem = b"", ("the file does not hold one token (it has line breaks, "
-                                       "spaces, control or non-ASCII characters, or is too long)")
+                value, problem = b"", ("the file does not hold one bearer token (it has line "
+                                       "breaks, spaces or other characters a token cannot have, "
+                                       "or is too long)")
         if value:
             self.value = value.decode("ascii")
             SECRETS.add(self.value)
@@ -936,7 +945,8 @@ class ApiClient:
         return answer
 
     def watch(self, path, query, seconds):
-        """Yield the events of a watch stream until it ends (dicts, their shape unchecked).
+        """Yield (event, its size in bytes) for each event of a watch stream until it ends (the
+        event's shape unchecked).
 
         The answer must come within the request timeout; the stream may then last `seconds` (the
         server's timeoutSeconds and some slack), and no event may be larger than an answer.
@@ -959,7 +969,7 @@ class ApiClient:
                     except (ValueError, RecursionError):
                         raise ApiError(None, "malformed watch event from the API server",
                                        "Malformed")
-                    yield event
+                    yield event, len(line)
         except (OSError, self._http.HTTPException) as e:
             raise ApiError(None, "watch stream broken: %s" % describe_failure(e))
         finally:
@@ -1004,12 +1014,13 @@ class ApiClient:
         status = status if isinstance(status, dict) else {}
         message, reason = status.get("message"), status.get("reason")
         if not isinstance(message, str) or not message:
-            message = body[:200].decode("utf-8", "replace").strip() or "no message"
+            message = body[:4096].decode("utf-8", "replace").strip() or "no message"
         if not isinstance(reason, str) or not reason:
             reason = response.reason
         retry_after = (response.getheader("Retry-After") or "").strip()
-        return ApiError(response.status, message[:500], str(reason)[:100],
-                        min(int(retry_after), RETRY_AFTER_LIMIT) if retry_after.isdigit() else None)
+        return ApiError(response.status, clip(message, 500), clip(str(reason), 100),
+                        min(int(retry_after), RETRY_AFTER_LIMIT)
+                        if re.fullmatch("[0-9]{1,9}", retry_after) else None)
 
     def _open(self, path, query):
         """Send a GET and return the response, its body unread; after a 401 reread the token once.
@@ -1080,7 +1091,7 @@ def describe_failure(error):
     quote a header (the token) that http.client refused to send."""
     if isinstance(error, ValueError) and not isinstance(error, OSError):  # (TLS errors are both)
         return "the request could not be sent (%s)" % type(error).__name__
-    return (str(error) or type(error).__name__)[:300]
+    return clip(str(error) or type(error).__name__, 300)
 
 
 def kind_of_resource(group_version, resource):
@@ -1099,6 +1110,7 @@ def kind_of_resource(group_version, resource):
 WATCH_SECONDS = 240          # server-side timeoutSeconds of a watch, plus up to a minute of jitter
 WATCH_SILENCE = 30           # a stream still open this long past its timeoutSeconds is dropped
 HEALTHY_STREAM = 30          # seconds: a watch that ends sooner counts as a failure (backoff)
+UNUSED_GRACE = 60            # seconds a watched collection out of use is kept
 BACKOFF_LIMIT = 30.0         # seconds: the longest wait between retries of a failing read
 WATCH_EVENTS = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
 
@@ -1115,9 +1127,15 @@ def malformed(what, problem):
 
 
 def is_object(obj):
-    """Shaped like a Kubernetes object: a dict with metadata holding a string name."""
-    return (isinstance(obj, dict) and isinstance(obj.get("metadata"), dict)
-            and isinstance(obj["metadata"].get("name"), str))
+    """Shaped like a Kubernetes object: metadata with a string name, a string namespace if any,
+    and labels (if any) mapping strings to strings."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str) \
+            or not isinstance(meta.get("namespace", ""), str):
+        return False
+    labels = meta.get("labels") or {}
+    return isinstance(labels, dict) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
 
 
 def parse_selector(selector):
@@ -1216,7 +1234,7 @@ class ApiReader:
         """The object, or None while it does not exist. `settled(obj)`: true once what the check
         needs of the object can no longer change; from then on it is not read again."""
         key = (group_version, resource, namespace, None, field_selector("metadata.name", name))
-        if key in self.settled:
+        if settled is not None and key in self.settled:
             return self.settled[key]
         items = self._answer(key, name)
         obj = items[0] if items else None
@@ -1227,6 +1245,11 @@ class ApiReader:
 
     def list(self, group_version, resource, namespace, labels=None, fields=None):
         return self._answer((group_version, resource, namespace, labels or None, fields or None))
+
+    def forget_settled(self, group_version, resource, namespace, name):
+        """The object was replaced (deleted and created again): the next settled get reads it."""
+        self.settled.pop((group_version, resource, namespace, None,
+                          field_selector("metadata.name", name)), None)
 
     def resource_for(self, group_version, kind):
         """The discovery entry serving `kind`, or None while none does (its CRD not installed yet)."""
@@ -1259,13 +1282,25 @@ class ApiReader:
         return self.reads
 
     def follow(self, in_use):
-        """Watch the collections still in use; forget the rest (a later read lists them afresh)."""
+        """Watch the collections still in use; forget the rest (a later read lists them afresh).
+
+        A watched collection out of use is kept, and watched, for UNUSED_GRACE seconds first:
+        a check that reads it now and then (the Endpoints while a Service has no EndpointSlice)
+        must not cost a list and a new watch each time a server makes it flip.
+        """
+        now = self.clock()
         for key in list(self.collections):
             collection = self.collections[key]
-            if key not in in_use:
+            if key in in_use:
+                collection.unused_since = None
+            elif collection.mode == "watch" and collection.watcher is not None and (
+                    collection.unused_since is None or now - collection.unused_since < UNUSED_GRACE):
+                collection.unused_since = collection.unused_since or now
+            else:
                 collection.stopped = True
                 del self.collections[key]
-            elif collection.mode == "watch" and collection.items is not None \
+                continue
+            if collection.mode == "watch" and collection.items is not None \
                     and collection.watcher is None:
                 collection.watcher = threading.Thread(target=self._watch, args=(collection,),
                                                       daemon=True)
@@ -1315,12 +1350,19 @@ class ApiReader:
                           label_requirements=parse_selector(labels or ""),
                           field_requirement=parse_field_selector(fields) if fields else None,
                           items=None, error=None, resource_version=None, failures=0,
-                          next_refresh=0.0, watcher=None, stopped=False)
+                          next_refresh=0.0, watcher=None, stopped=False, event_bytes=0,
+                          unused_since=None)
 
     def refresh(self, collection):
-        """Read the collection once (list, get by name, or discovery); True if its answer changed."""
+        """Read the collection once (list, get by name, or discovery); True if its answer changed.
+        Whatever goes wrong is an ApiError kept in the collection, never an exception that escapes."""
         try:
-            items, resource_version = self._read(collection)
+            try:
+                items, resource_version = self._read(collection)
+            except ApiError:
+                raise
+            except Exception as e:  # an answer no check of its shape foresaw
+                raise malformed(self._describe(collection), "%s: %s" % (type(e).__name__, e))
         except ApiError as e:
             if e.status == 403 and collection.mode in ("watch", "poll") and collection.name:
                 collection.mode = "get"
@@ -1351,6 +1393,7 @@ class ApiReader:
         with self.lock:
             collection.items, collection.error = items, None
             collection.resource_version = resource_version
+            collection.event_bytes = 0
         return changed
 
     def _read(self, collection):
@@ -1417,9 +1460,16 @@ class ApiReader:
                 query["resourceVersion"] = collection.resource_version
             opened, error = time.monotonic(), None
             try:
-                for event in self.client.watch(collection.path, query, seconds + WATCH_SILENCE):
+                for event, size in self.client.watch(collection.path, query,
+                                                     seconds + WATCH_SILENCE):
                     if collection.stopped:
                         return
+                    collection.event_bytes += size
+                    if collection.event_bytes > MAX_ANSWER_BYTES:
+                        # A list is bounded; so are the changes believed on top of it, or a
+                        # server could grow the memory without end: list afresh.
+                        raise ApiError(410, "more than %d MiB of changes since the last list"
+                                       % (MAX_ANSWER_BYTES >> 20), "Expired")
                     self._apply(collection, event)
                     self._trouble(collection, None)
             except ApiError as e:
@@ -1461,9 +1511,10 @@ class ApiReader:
             raise malformed(self._describe(collection), "not a watch event")
         if kind == "ERROR":
             code, message = obj.get("code"), obj.get("message")
+            reason = obj.get("reason")
             raise ApiError(code if type(code) is int else None,
-                           message[:500] if isinstance(message, str) else "watch error",
-                           obj.get("reason") if isinstance(obj.get("reason"), str) else "")
+                           clip(message, 500) if isinstance(message, str) else "watch error",
+                           clip(reason, 100) if isinstance(reason, str) else "")
         version = dig(obj, "metadata", "resourceVersion")
         version = version if isinstance(version, str) else None
         if kind == "BOOKMARK":
@@ -1720,7 +1771,17 @@ def check_daemonset(dep, read):
     selector = selector_from_label_selector(dig(daemonset, "spec", "selector"))
     pods = read.list("v1", "pods", dep.namespace, labels=selector,
                      fields=field_selector("spec.nodeName", node))
-    if not pods or any(is_pod_ready(p) for p in pods):
+    if any(is_pod_ready(p) for p in pods):
+        return MET
+    if not pods:
+        # Met for want of a pod here, so it must be the DaemonSet read before: one deleted, or
+        # re-created with another selector, is read anew (a selector itself never changes).
+        current = read.get("apps/v1", "daemonsets", dep.namespace, dep.name)
+        if current is None:
+            return not_met("daemonset not found")
+        if dig(current, "metadata", "uid") != dig(daemonset, "metadata", "uid"):
+            read.forget_settled("apps/v1", "daemonsets", dep.namespace, dep.name)
+            return check_daemonset(dep, read)
         return MET
     return not_met("pod %s on node %s is not ready"
                    % (summary(dig(p, "metadata", "name") for p in pods), node))
@@ -1839,25 +1900,37 @@ def write_file_atomically(path, data):
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         mode = 0o644
-    try:
-        fd, temporary = create_temporary_file(directory, os.path.basename(path))
-    except OSError as e:
-        if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not os.path.isfile(path):
-            raise
-        return write_in_place(path, data)
-    try:
+    with stop_signals_held():  # a signal between creating and removing the file would leak it
         try:
-            os.fchmod(fd, mode)
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
-    except BaseException as e:  # a full disk, or a stop signal: leave nothing behind
-        remove_quietly(temporary)
-        if not isinstance(e, OSError) or e.errno != errno.EBUSY:
-            raise
-        write_in_place(path, data)
+            fd, temporary = create_temporary_file(directory, os.path.basename(path))
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not os.path.isfile(path):
+                raise
+            return write_in_place(path, data)
+        try:
+            try:
+                os.fchmod(fd, mode)
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, path)
+        except BaseException as e:  # a full disk: leave nothing behind
+            remove_quietly(temporary)
+            if not isinstance(e, OSError) or e.errno != errno.EBUSY:
+                raise
+            write_in_place(path, data)
+
+
+class stop_signals_held:
+    """Within it, the stop signals wait (blocked); they are handled the moment it ends."""
+
+    def __enter__(self):
+        self.previous = signal.pthread_sigmask(
+            signal.SIG_BLOCK, {getattr(signal, name) for name in STOP_SIGNALS})
+
+    def __exit__(self, *exc_info):
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.previous)
 
 
 def create_temporary_file(directory, base):
@@ -2031,7 +2104,7 @@ def evaluate(dependency, read):
     except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as e:
         verdict = not_met("unexpected answer from the API server (%s: %s)" % (type(e).__name__, e))
     if len(verdict.reason) > MAX_REASON:
-        verdict = not_met(verdict.reason[:MAX_REASON - 3] + "...")
+        verdict = not_met(clip(verdict.reason, MAX_REASON))
     return verdict
 
 
@@ -2354,7 +2427,7 @@ def report_unmet(waiting, headline, state):
 def termination_message(lines, limit=TERMINATION_MESSAGE_BYTES):
     """The lines, most useful first, as bytes of at most `limit`: whole lines only, and where
     some do not fit, a last line saying how many were left out."""
-    encoded = [redact(one_line(line[:1000])).encode("utf-8", "backslashreplace") + b"\n"
+    encoded = [one_line(clip(line, 1000)).encode("utf-8", "backslashreplace") + b"\n"
                for line in lines]
     message = b""
     for index, line in enumerate(encoded):

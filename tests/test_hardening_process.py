@@ -430,3 +430,28 @@ def test_item21_reason_for_many_jobs_is_summarised(api, entrypoint):
     lines = (run.stdout + run.stderr).splitlines()
     assert max(len(line) for line in lines) <= 1000, max(len(line) for line in lines)
     assert "300" in run.stderr  # how many are not succeeded
+
+
+def test_stop_signal_while_the_temporary_file_is_created_leaves_none(tmp_path, monkeypatch):
+    """Found in review: a SIGTERM right after the temporary file is opened (before anything could
+    note it for cleanup) must leave neither the file nor its descriptor behind."""
+    destination = tmp_path / "app.conf"
+    destination.write_bytes(b"old\n")
+    real_open = os.open
+
+    def open_then_signal(path, *args, **kwargs):
+        fd = real_open(path, *args, **kwargs)
+        if str(path).endswith(".tmp"):
+            os.kill(os.getpid(), signal.SIGTERM)
+        return fd
+
+    previous = signal.signal(signal.SIGTERM, ke.on_stop_signal)
+    del ke.STOPPING[:]
+    monkeypatch.setattr(ke.os, "open", open_then_signal)
+    try:
+        with pytest.raises(ke.Stop):
+            ke.write_file_atomically(str(destination), b"new\n")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["app.conf"]
+    assert destination.read_bytes() in (b"old\n", b"new\n")

@@ -17,7 +17,7 @@ import pytest
 import fakeapi as k8s
 from conftest import wait_for
 from test_fakeapi import fetch, fetch_json
-from test_process import SCENARIOS, service_met, wait_until_waiting
+from test_process import SCENARIOS, service_met, this_pod, wait_until_waiting
 
 READY = {"conditions": [{"type": "Ready", "status": "True"}]}
 MIB = 1 << 20
@@ -528,4 +528,113 @@ def test_answer_that_closes_the_connection_is_read_whole(api, entrypoint, answer
     answer is still read to its end and believed."""
     run = wait_for_job(api, entrypoint, watch=False)
     api.inject(raw=CLOSING_ANSWERS[answer](succeeded_job_list(api)), match="/jobs", times=None)
+    assert_execd_cleanly(run)
+
+
+# Found in review ------------------------------------------------------------------------------
+
+ME = {"POD_NAME": "me"}
+
+
+def test_container_and_daemonset_together_see_the_pod_change(api, entrypoint):
+    """The DaemonSet check keeps this pod's node; the container check must still see it change."""
+    this_pod(api, containers=("app", "libvirt"))
+    api.put(k8s.daemonset("ovs", match_labels={"app": "ovs"}))  # no pod of it on node-a: met
+    run = entrypoint(dict(api.env(), DEPENDENCY_CONTAINER="libvirt", DEPENDENCY_DAEMONSET="ovs",
+                          **ME))
+    wait_until_waiting(api)
+    this_pod(api, containers=("app", "libvirt"), ready_containers=("libvirt",))
+    assert_execd_cleanly(run)
+
+
+HOSTILE_FIELDS = {
+    "Retry-After: a digit that int() refuses": lambda api: dict(raw=(
+        b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 2\r\nRetry-After: \xb2\r\n\r\n{}")),
+    "a label value that is a list": lambda api: dict(status=200, body=as_json(list_body(
+        "JobList", dict(k8s.job("j", succeeded=1), metadata={
+            "name": "j", "namespace": "default", "labels": {"app": ["x"]}})))),
+    "a namespace that is a list": lambda api: dict(status=200, body=as_json(list_body(
+        "JobList", dict(k8s.job("j", succeeded=1), metadata={"name": "j", "namespace": ["x"]})))),
+}
+
+
+@pytest.mark.parametrize("answer", sorted(HOSTILE_FIELDS))
+def test_odd_fields_are_malformed_not_a_crash(api, entrypoint, answer):
+    run = wait_for_job(api, entrypoint, watch=False)
+    api.inject(match="/jobs", times=None, **HOSTILE_FIELDS[answer](api))
+    assert_waits(run, 1.5)
+    api.clear_faults()
+    job_succeeds(api)
+    assert_execd_cleanly(run)
+
+
+def test_token_echoed_where_a_message_is_cut_is_not_printed_in_part(api, entrypoint):
+    """Messages are cut to a length: the token is taken out before, not after."""
+    for padding in (229, 480):
+        api.put(k8s.job("j", active=1))
+        message = "y" * padding + " token " + api.token + " (end)"
+        api.inject(status=500, body=as_json(k8s.status_body(500, message)), match="/jobs",
+                   times=None)
+        run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="j", ENTRYPOINT_TIMEOUT="1.5", **FAST))
+        run.finish()
+        api.clear_faults()
+        assert api.token[:12] not in run.stdout + run.stderr
+
+
+def test_endless_stream_of_new_objects_is_bounded(api, entrypoint):
+    """Each event is bounded, and so is what a watch adds on top of its list."""
+    def flood(wfile, stopping):
+        wfile.write(CHUNKED_200)
+        for i in range(20000):
+            if stopping.is_set():
+                return
+            pod = k8s.pod("x-%d" % i, labels={"app": "x"})
+            pod["metadata"].update(annotations={"pad": "p" * 10000}, resourceVersion=str(i + 10))
+            wfile.write(chunk(json.dumps({"type": "ADDED", "object": pod}).encode() + b"\n"))
+        stopping.wait(30)
+
+    api.inject(raw=flood, match="watch=1", times=1)
+    run = entrypoint(dict(api.env(), DEPENDENCY_POD_JSON='[{"labels": {"app": "x"}}]'))
+    time.sleep(8)
+    assert run.running() and run.report() is None
+    assert peak_rss_mib(run.process.pid) < 100
+
+
+def test_flapping_slices_do_not_drive_requests(api, entrypoint):
+    """A server adding and deleting a Service's only EndpointSlice over and over: the Endpoints
+    the check then reads are not listed and watched anew on every flip."""
+    api.put(k8s.endpoint_slice("db", addresses=(("10.0.0.1", False),)))
+    flapping = k8s.endpoint_slice("db", addresses=(("10.0.0.1", False),))
+
+    def flap(wfile, stopping):
+        wfile.write(CHUNKED_200)
+        for i in range(5000):
+            flapping["metadata"]["resourceVersion"] = str(1000 + i)
+            kind = "DELETED" if i % 2 == 0 else "ADDED"
+            wfile.write(chunk(json.dumps({"type": kind, "object": flapping}).encode() + b"\n"))
+            if stopping.wait(0.001):
+                return
+
+    api.inject(raw=flap, match="service-name%3Ddb&watch=1", times=1)
+    run = entrypoint(dict(api.env(), DEPENDENCY_SERVICE="db"))
+    time.sleep(4)
+    assert run.running()
+    assert len([r for r in api.requests if r.resource == "endpoints"]) <= 4
+
+
+def test_daemonset_recreated_with_another_selector_is_read_anew(api, entrypoint):
+    """A selector never changes, but a DaemonSet can be deleted and created again with another:
+    "no pod of it on this node" must be judged by the new one."""
+    this_pod(api)
+    api.put(k8s.daemonset("ovs", match_labels={"app": "ovs"}))
+    api.put(k8s.pod("ovs-a", labels={"app": "ovs"}, node="node-a"))
+    run = entrypoint(dict(api.env(), DEPENDENCY_DAEMONSET="ovs", **dict(FAST, **ME)))
+    wait_until_waiting(api)
+    api.put(k8s.pod("ovs2-a", labels={"app": "ovs2"}, node="node-a"))  # the new one's, not ready
+    api.delete("apps/v1", "DaemonSet", "ovs")
+    api.put(k8s.daemonset("ovs", match_labels={"app": "ovs2"}))
+    time.sleep(0.5)
+    api.delete("v1", "Pod", "ovs-a")
+    assert_waits(run, 2)
+    api.put(k8s.pod("ovs2-a", labels={"app": "ovs2"}, node="node-a", ready=True))
     assert_execd_cleanly(run)
