@@ -2201,8 +2201,9 @@ def duration(seconds):
 # main: the command line, parse, check the command, wait (or --check, --validate), exec.
 # --------------------------------------------------------------------------------------------
 
-class Stop(Exception):
-    """Raised by a signal handler so a wait ends at once, from whatever call it is in."""
+class Stop(BaseException):
+    """Raised by a signal handler so a wait ends at once, from whatever call it is in. Not an
+    Exception, so that no handler of errors (a read's, a check's) can swallow it."""
 
     def __init__(self, signum):
         super().__init__(signum)
