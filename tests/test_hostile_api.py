@@ -123,6 +123,16 @@ def assert_execd_cleanly(run):
     assert "Traceback" not in run.stdout + run.stderr, run.stderr
 
 
+def assert_waits_out_the_fault(api, run, rule, met, seconds=1, served=1):
+    """While the fault lasts (and was served at least `served` times) the process waits, neither
+    ending nor running the command; once it is gone and `met(api)`, the command runs."""
+    assert_waits(run, seconds)
+    assert rule.served >= served
+    api.clear_faults()
+    met(api)
+    assert_execd_cleanly(run)
+
+
 def job_requests(api):
     return [r for r in api.requests if r.resource == "jobs"]
 
@@ -188,11 +198,7 @@ def test_item_3_list_of_the_wrong_shape_is_not_an_empty_list(api, entrypoint, bo
     run = entrypoint(dict(api.env(), **dict(FAST, **env)))
     wait_until_waiting(api)
     rule = api.inject(status=200, body=as_json(WRONG_LISTS[body]), match="app%3Dovs", times=None)
-    assert_waits(run, 1.5)
-    assert rule.served >= 2
-    api.clear_faults()
-    met(api)
-    assert_execd_cleanly(run)
+    assert_waits_out_the_fault(api, run, rule, met, seconds=1.5, served=2)
 
 
 WRONG_OBJECTS = {
@@ -215,11 +221,8 @@ def test_item_3_get_answer_of_the_wrong_shape_is_not_the_object(api, entrypoint,
         [{"apiVersion": "example.com/v1", "kind": "Widget", "name": "w"}]), **FAST))
     wait_until_waiting(api)
     rule = api.inject(status=200, body=as_json(WRONG_OBJECTS[body]), match="/widgets/w", times=None)
-    assert_waits(run, 1)
-    assert rule.served >= 2
-    api.clear_faults()
-    api.put(k8s.custom("example.com/v1", "Widget", "w", "default"))
-    assert_execd_cleanly(run)
+    assert_waits_out_the_fault(api, run, rule, served=2, met=lambda api: api.put(
+        k8s.custom("example.com/v1", "Widget", "w", "default")))
 
 
 BAD_EVENTS = {
@@ -269,11 +272,7 @@ def test_item_3_answer_ignoring_the_selectors_meets_nothing(api, entrypoint, set
     run = entrypoint(dict(api.env(), **dict(FAST, **env)))
     wait_until_waiting(api)
     rule = api.inject(status=200, body=as_json(body), match=match, times=None)
-    assert_waits(run, 1)
-    assert rule.served >= 2
-    api.clear_faults()
-    met(api)
-    assert_execd_cleanly(run)
+    assert_waits_out_the_fault(api, run, rule, met, served=2)
 
 
 # Item 5: the token is never printed --------------------------------------------------------
@@ -297,11 +296,7 @@ def test_item_5_token_echoed_by_the_server_is_never_printed(api, entrypoint, ech
     run = wait_for_job(api, entrypoint, **log)
     rule = api.inject(times=None, **ECHOES[echo](api))
     api.close_watches()
-    assert_waits(run, 1)
-    assert rule.served >= 1
-    api.clear_faults()
-    job_succeeds(api)
-    assert_execd_cleanly(run)
+    assert_waits_out_the_fault(api, run, rule, job_succeeds)
     assert api.token not in run.stdout + run.stderr
 
 
@@ -368,11 +363,7 @@ def test_item_7_broken_answer_is_no_crash(api, entrypoint, answer):
     """Issue 7 item 7: a body cut short or too big to hold is a failed read: wait, retry."""
     run = wait_for_job(api, entrypoint, watch=False)
     rule = api.inject(raw=BROKEN_ANSWERS[answer], match="/jobs", times=None)
-    assert_waits(run, 1)
-    assert rule.served >= 1
-    api.clear_faults()
-    job_succeeds(api)
-    assert_execd_cleanly(run)
+    assert_waits_out_the_fault(api, run, rule, job_succeeds)
 
 
 # Item 8: every request has a total deadline, ENTRYPOINT_REQUEST_TIMEOUT ---------------------
@@ -561,11 +552,8 @@ HOSTILE_FIELDS = {
 @pytest.mark.parametrize("answer", sorted(HOSTILE_FIELDS))
 def test_odd_fields_are_malformed_not_a_crash(api, entrypoint, answer):
     run = wait_for_job(api, entrypoint, watch=False)
-    api.inject(match="/jobs", times=None, **HOSTILE_FIELDS[answer](api))
-    assert_waits(run, 1.5)
-    api.clear_faults()
-    job_succeeds(api)
-    assert_execd_cleanly(run)
+    rule = api.inject(match="/jobs", times=None, **HOSTILE_FIELDS[answer](api))
+    assert_waits_out_the_fault(api, run, rule, job_succeeds, seconds=1.5)
 
 
 def test_token_echoed_where_a_message_is_cut_is_not_printed_in_part(api, entrypoint):
