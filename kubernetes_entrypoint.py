@@ -1415,7 +1415,7 @@ class ApiReader:
                 if e.status != 404:
                     raise
                 return {}, None
-            if not is_object(obj) or obj["metadata"]["name"] != collection.name:
+            if not is_object(obj) or not collection.selects(obj):
                 raise malformed(what, "not the object asked for")
             return {object_key(obj): obj}, None
         answer = self.client.get(collection.path, collection.query)
