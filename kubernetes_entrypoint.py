@@ -29,6 +29,7 @@ if __name__ == "__main__":
 import signal  # noqa: E402  (the handlers above come first, before anything slow)
 import sys  # noqa: E402
 import errno  # noqa: E402
+import io  # noqa: E402  (loaded with Python itself: costs nothing)
 import json  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
@@ -826,7 +827,6 @@ class DeadlineSocket:
         return self._sock.recv_into(buffer, size)
 
     def makefile(self, mode="rb"):
-        import io
         self._readers += 1
         return io.BufferedReader(SocketReader(self))
 
@@ -841,7 +841,7 @@ class DeadlineSocket:
             self._sock.close()
 
 
-class SocketReader(__import__("io").RawIOBase):
+class SocketReader(io.RawIOBase):
     """The raw stream http.client reads a response from, through a DeadlineSocket."""
 
     def __init__(self, sock):
@@ -1589,14 +1589,10 @@ def discovered_resources(answer, what):
 
 
 def start_thread(thread):
-    """Start a background thread with the stop signals blocked in it, so that they always reach the
-    main thread, which handles them."""
-    stop_signals = {getattr(signal, name) for name in STOP_SIGNALS}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    try:
+    """Start a background thread with the stop signals blocked in it (a thread inherits the mask),
+    so that they always reach the main thread, which handles them."""
+    with stop_signals_held():
         thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def object_key(obj):
@@ -1926,8 +1922,7 @@ class stop_signals_held:
     """Within it, the stop signals wait (blocked); they are handled the moment it ends."""
 
     def __enter__(self):
-        self.previous = signal.pthread_sigmask(
-            signal.SIG_BLOCK, {getattr(signal, name) for name in STOP_SIGNALS})
+        self.previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signal_numbers())
 
     def __exit__(self, *exc_info):
         signal.pthread_sigmask(signal.SIG_SETMASK, self.previous)
@@ -2214,6 +2209,10 @@ STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGALRM")  # SIGALRM: ENTRYPOINT_TIMEOUT
 
 
 STOPPING = []  # the signal that stopped the wait, once one has
+
+
+def stop_signal_numbers():
+    return {getattr(signal, name) for name in STOP_SIGNALS}
 
 
 def on_stop_signal(signum, frame):
@@ -2528,7 +2527,7 @@ def exit_quietly(code):
     """Exit with the stop signals blocked: they stay pending and end with the process. Python
     resets their handlers to the default while it shuts down, and one arriving then would kill the
     process instead of letting it exit with its code."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {getattr(signal, name) for name in STOP_SIGNALS})
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signal_numbers())
     sys.exit(code)
 
 
