@@ -2524,11 +2524,17 @@ def finish_quietly():
 
 
 def exit_quietly(code):
-    """Exit with the stop signals blocked: they stay pending and end with the process. Python
-    resets their handlers to the default while it shuts down, and one arriving then would kill the
-    process instead of letting it exit with its code."""
+    """Exit at once with `code`, the stop signals blocked so none can change it. Not sys.exit:
+    tearing the interpreter and OpenSSL down while a watch thread is still inside a TLS read can
+    crash the process (a double free or SIGSEGV seen on exit after a timeout). Our output is all
+    that needs saving, and it is flushed here."""
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signal_numbers())
-    sys.exit(code)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe: nothing more can be said
+    os._exit(code)
 
 
 def report_stop(signum, state):
