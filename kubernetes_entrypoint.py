@@ -2531,7 +2531,8 @@ def exit_quietly(code):
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signal_numbers())
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: the descriptor was closed when Python started
+                stream.flush()
         except (OSError, ValueError):
             pass  # a closed pipe: nothing more can be said
     os._exit(code)
