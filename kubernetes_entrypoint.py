@@ -233,6 +233,7 @@ def read_settings(env):
         request_timeout=seconds_setting(env, "ENTRYPOINT_REQUEST_TIMEOUT", REQUEST_TIMEOUT,
                                         0.1, 3600),
         api_server=api_server_setting(env.get("ENTRYPOINT_API_SERVER", "").strip()),
+        events=switch_setting(env, "ENTRYPOINT_EVENTS", True),
     )
 
 
@@ -263,6 +264,14 @@ def seconds_setting(env, variable, default, minimum, maximum, zero_means_off=Fal
                           % (shown(value), "0 for off, or " if zero_means_off else "", minimum,
                              maximum))
     return seconds
+
+
+def switch_setting(env, variable, default):
+    """true or false (any case); empty is the default."""
+    value = env.get(variable, "").strip().lower()
+    if value not in ("", "true", "false"):
+        raise ConfigError(variable, "%s is not true or false" % shown(env[variable].strip()))
+    return default if not value else value == "true"
 
 
 def api_server_setting(url):
@@ -876,7 +885,8 @@ def bounded_connection(base):
 
 
 class ApiClient:
-    """GETs and watch streams, each thread on its own kept-alive connection.
+    """GETs and watch streams (and the writes of Events), each thread on its own kept-alive
+    connection.
 
     HTTPS is always verified against the service-account CA and sends the token. Plain HTTP is
     only for `kubectl proxy` on this machine (ENTRYPOINT_API_SERVER), which authenticates itself.
@@ -975,6 +985,15 @@ class ApiClient:
         finally:
             self.close()  # a stream is not reused; the next request opens a fresh connection
 
+    def send(self, method, path, document, content_type="application/json"):
+        """POST or PATCH a JSON document; its status (200 or 201), or an ApiError. Nothing in the
+        answer is needed, so its body is read (bounded) and dropped."""
+        response = self._open(path, None, method, json.dumps(document).encode(), content_type)
+        body = self._read_body(response, MAX_ERROR_BYTES)
+        if response.status not in (200, 201):
+            raise self._error(response, body)
+        return response.status
+
     def _read_body(self, response, limit):
         """The whole body, at most `limit` bytes, within the request's deadline; an answer cut
         short or too large is an ApiError (a truncated error body is kept as far as it came)."""
@@ -1022,22 +1041,25 @@ class ApiClient:
                         min(int(retry_after), RETRY_AFTER_LIMIT)
                         if re.fullmatch("[0-9]{1,9}", retry_after) else None)
 
-    def _open(self, path, query):
-        """Send a GET and return the response, its body unread; after a 401 reread the token once.
-        Everything until the body is read shares one deadline."""
+    def _open(self, path, query, method="GET", body=None, content_type=None):
+        """Send a request and return the response, its body unread; after a 401 reread the token
+        once. Everything until the body is read shares one deadline."""
         if query:
             path += "?" + self._urlencode(query)
         deadline = time.monotonic() + self._timeout
-        response = self._send(path, deadline)
+        response = self._send(method, path, deadline, body, content_type)
         if response.status == 401 and self.token is not None:
             self._read_body(response, MAX_ERROR_BYTES)
             self.token.refresh()
-            response = self._send(path, deadline)
+            response = self._send(method, path, deadline, body, content_type)
         return response
 
-    def _send(self, path, deadline):
-        """One GET on this thread's kept-alive connection; one the server closed is reopened once."""
+    def _send(self, method, path, deadline, body=None, content_type=None):
+        """One request on this thread's kept-alive connection; one the server closed is reopened
+        once (a write sent twice that way is harmless: an Event's name is ours, see Events)."""
         headers = {"Accept": "application/json", "User-Agent": "kubernetes-entrypoint/" + __version__}
+        if body is not None:
+            headers["Content-Type"] = content_type
         if self.token is not None:
             headers["Authorization"] = "Bearer " + self.token.current()
         for attempt in (1, 2):
@@ -1048,14 +1070,14 @@ class ApiClient:
             connection.deadline = deadline
             started = time.monotonic()
             try:
-                connection.request("GET", path, headers=headers)
+                connection.request(method, path, body=body, headers=headers)
                 response = connection.getresponse()
-                log("DEBUG", "GET %s: %d in %.0f ms" % (path, response.status,
-                                                        (time.monotonic() - started) * 1000))
+                log("DEBUG", "%s %s: %d in %.0f ms" % (method, path, response.status,
+                                                       (time.monotonic() - started) * 1000))
                 return response
             except (OSError, ValueError, self._http.HTTPException) as e:
-                log("DEBUG", "GET %s: failed after %.0f ms (%s)" % (
-                    path, (time.monotonic() - started) * 1000, describe_failure(e)))
+                log("DEBUG", "%s %s: failed after %.0f ms (%s)" % (
+                    method, path, (time.monotonic() - started) * 1000, describe_failure(e)))
                 self.close()
                 if reused and attempt == 1 and isinstance(
                         e, (self._http.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
@@ -2113,8 +2135,9 @@ class Waiting:
     """
 
     def __init__(self, dependencies, read, interval=POLL_INTERVAL, clock=time.monotonic,
-                 sleep=time.sleep):
+                 sleep=time.sleep, on_reason=None):
         self.dependencies = dependencies
+        self.on_reason = on_reason  # told each new reason a dependency is unmet (for Events)
         self.read = read
         self.interval = interval
         self.clock = clock
@@ -2175,6 +2198,8 @@ class Waiting:
         elif self.reasons.get(id(dep)) != verdict.reason:
             self.reasons[id(dep)] = verdict.reason
             log("WARNING", "Resolving dependency %s failed: %s ." % (dep, verdict.reason), dep)
+            if self.on_reason is not None:
+                self.on_reason(dep, verdict.reason)
 
     def _log_progress(self):
         log("INFO", "Still waiting after %s for %d of %d dependencies: %s" % (
@@ -2190,6 +2215,218 @@ def duration(seconds):
     if seconds < 3600:
         return "%dm%02ds" % divmod(seconds, 60)
     return "%dh%02dm" % divmod(seconds // 60, 60)
+
+
+# --------------------------------------------------------------------------------------------
+# Events: why the pod waits, where `kubectl describe pod` and `kubectl get events` show it.
+# --------------------------------------------------------------------------------------------
+
+EVENT_SPACING = 30.0      # seconds: at most one write about one dependency this often
+EVENT_BURST = 25          # writes at most at once; then one more per EVENT_REFILL seconds
+EVENT_REFILL = 30.0
+EVENT_FLUSH_EXEC = 0.3    # seconds the last event may hold the exec
+EVENT_FLUSH_EXIT = 1.0    # ... or an exit without the command
+EVENT_MESSAGE = 1024      # characters of a message the API server keeps
+COMPONENT = "kubernetes-entrypoint"
+LAST = "last"             # the key of the last event: met, timed out, stopped, failed
+
+
+class Events:
+    """Core v1 Events on this pod, written by one background thread, so that no write (slow,
+    failing or hung) can delay the wait or the command.
+
+    record() keeps the latest event per key (a dependency) and returns at once. Writes are spaced:
+    one per key per EVENT_SPACING seconds at most, and EVENT_BURST in all, refilled slowly, whatever
+    the server answers. The same event again raises its count (a PATCH), as Kubernetes' own
+    recorder does. A refusal (403) is said once, and nothing more is written.
+    """
+
+    def __init__(self, make_client, namespace, pod_name, clock=time.monotonic, wall=time.time,
+                 background=True):
+        self.make_client = make_client  # called on the thread: no cost before the first event
+        self.background = background    # False: a test calls write_next() itself
+        self.namespace, self.pod_name = namespace, pod_name
+        self.clock, self.wall = clock, wall
+        self.client = self.involved = self.host = self.thread = None
+        self.lock = threading.Condition()
+        self.pending = {}      # key -> (type, reason, message): the latest, not yet written
+        self.last_write = {}   # key -> clock() of its last write
+        self.written = {}      # (type, reason, message) -> [event name, count]
+        self.tokens, self.refilled = float(EVENT_BURST), clock()
+        self.retry_at, self.failures = float("-inf"), 0
+        self.writing = self.last_only = self.off = False
+        self.used = False      # something was recorded: the wait is worth an event at its end
+        self.last_stamp = 0
+
+    def record(self, key, event_type, reason, message):
+        with self.lock:
+            if self.off:
+                return
+            self.used = True
+            self.pending[key] = (event_type, reason, clip(one_line(message), EVENT_MESSAGE))
+            self.lock.notify_all()
+            if self.thread is None and self.background:
+                self.thread = threading.Thread(target=self._run, name="events", daemon=True)
+                try:
+                    start_thread(self.thread)
+                except RuntimeError:
+                    self.off = True
+
+    def waiting(self, dependency, reason):
+        self.record(str(dependency), "Normal", "Waiting", "%s: %s" % (dependency, reason))
+
+    def finish(self, event_type, reason, message, seconds):
+        """Write the last event within `seconds` or not at all; whatever else waits is dropped."""
+        deadline = self.clock() + seconds
+        self.record(LAST, event_type, reason, message)
+        with self.lock:
+            self.last_only = True
+            while not self.off and (LAST in self.pending or self.writing):
+                left = deadline - self.clock()
+                if left <= 0:
+                    log("DEBUG", "the last event was not written within %gs" % seconds)
+                    return
+                self.lock.wait(left)
+
+    def _run(self):
+        while self.write_next(block=True):
+            pass
+
+    def write_next(self, block):
+        """Write the next event that is due, waiting for one if `block`; False once there is none
+        (and, blocking, only when writing has stopped for good)."""
+        with self.lock:
+            key, wait = self._due(self.clock())
+            while key is None:
+                if self.off or not block:
+                    return False
+                self.lock.wait(wait)
+                key, wait = self._due(self.clock())
+            item = self.pending.pop(key)
+            self.writing = True
+        try:
+            self._write(key, item)
+        finally:
+            with self.lock:
+                self.writing = False
+                self.lock.notify_all()
+        return True
+
+    def _due(self, now):
+        """(the key to write now, None), or (None, seconds until one may be; None: nothing to do)."""
+        if LAST in self.pending:
+            return LAST, None  # one write, whatever the budget: it says how the wait ended
+        if self.last_only or not self.pending:
+            return None, None
+        self.tokens = min(EVENT_BURST, self.tokens + (now - self.refilled) / EVENT_REFILL)
+        self.refilled = now
+        key = min(self.pending, key=lambda k: self.last_write.get(k, float("-inf")))
+        when = max(self.last_write.get(key, float("-inf")) + EVENT_SPACING, self.retry_at,
+                   now + (1 - self.tokens) * EVENT_REFILL)
+        return (key, None) if when <= now else (None, when - now)
+
+    def _write(self, key, item):
+        self.tokens -= 1
+        self.last_write[key] = self.clock()
+        try:
+            if self.client is None:
+                self.client = self.make_client()
+            if self.involved is None:
+                self.involved = self._pod_reference()
+            self._send(*item)
+            self.failures = 0
+        except ConfigError as e:  # no API server to write to
+            log("DEBUG", "no events: %s" % e)
+            self._stop()
+        except ApiError as e:
+            if e.status == 403:
+                log("INFO", "Events on pod %s are not written: the API server refused (%s). For "
+                            "`kubectl describe pod` to say what it waits for, allow 'create' and "
+                            "'patch' on 'events' in namespace %s." % (self.pod_name, e, self.namespace))
+                return self._stop()
+            log("DEBUG", "event %s not written: %s" % (item[1], e))
+            self.failures += 1
+            self.retry_at = self.clock() + backoff(self.failures, 1.0, e.retry_after)
+            if key != LAST:  # tried again in its turn, unless a newer one replaced it
+                with self.lock:
+                    self.pending.setdefault(key, item)
+
+    def _stop(self):
+        with self.lock:
+            self.off = True
+            self.pending.clear()
+            self.lock.notify_all()
+
+    def _pod_reference(self):
+        """This pod as an Event's involvedObject. The uid is what `kubectl describe pod` selects
+        events by; where the pod cannot be read, events go without it (and say so once)."""
+        reference = {"apiVersion": "v1", "kind": "Pod", "namespace": self.namespace,
+                     "name": self.pod_name}
+        try:
+            pod = self.client.get(self.client.path("v1", "pods", self.namespace, self.pod_name))
+        except ApiError as e:
+            if e.status not in (403, 404):
+                raise
+            log("INFO", "Events on pod %s go without its uid, so `kubectl get events` shows them "
+                        "but `kubectl describe pod` does not: reading the pod failed (%s)"
+                % (self.pod_name, e))
+            return reference
+        uid, node = dig(pod, "metadata", "uid"), dig(pod, "spec", "nodeName")
+        if dig(pod, "metadata", "name") == self.pod_name and isinstance(uid, str) \
+                and re.fullmatch(r"[-0-9A-Za-z]{1,64}", uid):
+            reference["uid"] = uid
+        if isinstance(node, str) and HOST_NAME.fullmatch(node):
+            self.host = node
+        return reference
+
+    def _send(self, event_type, reason, message):
+        """Raise the count of the same event if there is one, else create it."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall()))
+        known = self.written.get((event_type, reason, message))
+        if known is not None:
+            try:
+                self.client.send("PATCH", self.client.path("v1", "events", self.namespace, known[0]),
+                                 {"count": known[1] + 1, "lastTimestamp": stamp},
+                                 "application/merge-patch+json")
+                known[1] += 1
+                return
+            except ApiError as e:
+                if e.status != 404:
+                    raise  # 404: it expired (an hour, by default); make it anew
+        self.last_stamp = max(int(self.wall() * 1e9), self.last_stamp + 1)
+        name = "%s.%x" % (self.pod_name[:236].rstrip("-."), self.last_stamp)
+        source = {"component": COMPONENT}
+        if self.host:
+            source["host"] = self.host
+        event = {"apiVersion": "v1", "kind": "Event",
+                 "metadata": {"name": name, "namespace": self.namespace},
+                 "involvedObject": self.involved, "type": event_type, "reason": reason,
+                 "message": message, "source": source, "count": 1,
+                 "firstTimestamp": stamp, "lastTimestamp": stamp,
+                 "reportingComponent": COMPONENT, "reportingInstance": self.pod_name[:128]}
+        try:
+            self.client.send("POST", self.client.path("v1", "events", self.namespace), event)
+        except ApiError as e:
+            if e.status != 409:
+                raise  # 409: our own POST, sent again after the connection dropped
+        self.written[(event_type, reason, message)] = [name, 1]
+
+
+def events_for(env, settings, reader=None):
+    """The pod's Events, or None without POD_NAME or with ENTRYPOINT_EVENTS=false. The pod is in
+    its service account's namespace; the client is the reader's, or made on the first event."""
+    if not settings.events or not settings.pod_name:
+        return None
+    namespace = read_text(os.path.join(settings.serviceaccount_dir, "namespace")).strip()
+
+    def make_client():
+        if reader is not None:
+            return reader.client
+        url = settings.api_server or api_server_url(env, "ENTRYPOINT_EVENTS")
+        return ApiClient(url, settings.serviceaccount_dir, settings.request_timeout)
+
+    return Events(make_client, namespace if LABEL_NAME.fullmatch(namespace) else settings.namespace,
+                  settings.pod_name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -2307,6 +2544,8 @@ SETTINGS_HELP = [
                                      "at least 1; 0: none)"),
     ("ENTRYPOINT_TERMINATION_LOG", "where to say why the process ended without exec'ing (default "
                                    "%s; empty: nowhere)" % DEFAULT_TERMINATION_LOG),
+    ("ENTRYPOINT_EVENTS", "with POD_NAME, Events on the pod saying what it waits for (default "
+                          "true; false: none)"),
     ("ENTRYPOINT_LOG_FORMAT", "text (default) or json"),
     ("ENTRYPOINT_LOG_LEVEL", "debug (adds every API request), info (default), warning, error"),
 ]
@@ -2459,8 +2698,9 @@ def main(arguments=None, env=None):
     """Run, and return the exit code. Whenever a stop signal comes (even while an error is being
     reported), it ends here as one report and 128+signal: never a traceback."""
     env = os.environ if env is None else env
-    state = types.SimpleNamespace(waiting=None, timeout=0, summary=[], termination_log=env.get(
-        "ENTRYPOINT_TERMINATION_LOG", DEFAULT_TERMINATION_LOG).strip())
+    state = types.SimpleNamespace(waiting=None, timeout=0, summary=[], outcome=None, events=None,
+                                  by_hand=False, termination_log=env.get(
+                                      "ENTRYPOINT_TERMINATION_LOG", DEFAULT_TERMINATION_LOG).strip())
     try:
         del STOPPING[:]
         for name in STOP_SIGNALS:
@@ -2473,7 +2713,9 @@ def main(arguments=None, env=None):
     except Stop as stop:
         finish_quietly()
         code = report_stop(stop.signum, state)
-    write_termination_message(state.termination_log, state.summary)
+    if not state.by_hand:
+        write_termination_message(state.termination_log, state.summary)
+        write_last_event(state, env)
     return code
 
 
@@ -2482,9 +2724,8 @@ def run(arguments, env, state):
     try:
         configure_logging(env)
         options = parse_arguments(arguments)
+        state.by_hand = options.validate or options.check  # not as a container's process
         settings, dependencies, reader, argv = prepare(env, options, connect=not options.validate)
-        if options.validate or options.check:
-            state.termination_log = None  # run by hand, not as a container's process
         if options.validate:
             try:
                 return validate(dependencies, argv, env)
@@ -2496,23 +2737,43 @@ def run(arguments, env, state):
         if options.check:
             return check_once(dependencies, reader)
         executable = find_command(argv, env.get("PATH", os.defpath)) if argv else None
-        state.waiting = Waiting(dependencies, reader, settings.poll_interval)
+        events = state.events = events_for(env, settings, reader)
+        state.waiting = Waiting(dependencies, reader, settings.poll_interval,
+                                on_reason=events.waiting if events else None)
         state.waiting.run(settings.progress_interval)
         signal.setitimer(signal.ITIMER_REAL, 0)
         state.summary = ["all %d dependencies met after %s" % (
             len(dependencies), duration(state.waiting.waited()))]
+        if events is not None and events.used:  # it waited: say for how long
+            events.finish("Normal", "DependenciesMet", state.summary[0], EVENT_FLUSH_EXEC)
         if not argv:
             log("WARNING", "COMMAND env is empty")
             return 0
         return exec_command(argv, executable)
     except ConfigError as e:
         log("ERROR", str(e))
-        state.summary = [str(e)]
+        state.summary, state.outcome = [str(e)], "ConfigurationError"
         return 2
     except CommandError as e:
         log("ERROR", str(e))
-        state.summary = [str(e)]
+        state.summary, state.outcome = [str(e)], "CommandFailed"
         return e.code
+
+
+def write_last_event(state, env):
+    """A Warning on the pod when the process ends without its command: what was unmet, or what
+    is wrong. Where the error came before the Events existed, they are made from the environment,
+    if it allows."""
+    if state.outcome is None:
+        return
+    events = state.events
+    if events is None:
+        try:
+            events = events_for(env, read_settings(env))
+        except ConfigError:
+            return
+    if events is not None:
+        events.finish("Warning", state.outcome, "; ".join(state.summary), EVENT_FLUSH_EXIT)
 
 
 def finish_quietly():
@@ -2541,9 +2802,10 @@ def exit_quietly(code):
 def report_stop(signum, state):
     """What was unmet when the timeout or a signal stopped the wait; the exit code."""
     if signum == signal.SIGALRM:
-        headline, code = "timed out", 1
+        headline, code, state.outcome = "timed out", 1, "TimedOut"
     else:
         headline, code = "stopped by " + signal.Signals(signum).name, 128 + signum
+        state.outcome = "Stopped"
     if state.waiting is not None:
         report_unmet(state.waiting, headline, state)
         return code

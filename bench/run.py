@@ -113,6 +113,11 @@ def setup_service(api):
     api.put(unready_slice("db"))
 
 
+def setup_service_and_pod(api):
+    setup_service(api)
+    this_pod(api)
+
+
 def setup_jobs(api):
     api.put(k8s.job("db-init", active=1))
 
@@ -469,10 +474,11 @@ def figure_1(bench, runs):
 def reaction_sample(bench, mode, delay, stop):
     """One process waiting on SERVICE db; `delay` s after it waits, the slice turns ready;
     the seconds from then until COMMAND ran."""
-    api = bench.server(mode, setup_service)
+    api = bench.server(mode, setup_service_and_pod)
     run = None
     try:
-        run = bench.entrypoint(api, {"DEPENDENCY_SERVICE": "db"}, "react")
+        # With POD_NAME and the pod there, it writes Events: the exec waits for the last one.
+        run = bench.entrypoint(api, dict(ME, DEPENDENCY_SERVICE="db"), "react")
         if mode == WATCH:
             wait_until(lambda: api.open_watches >= 1 or not run.running(), 15,
                        "pid %d to open its watch" % run.pid, stop=stop)

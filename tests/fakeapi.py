@@ -1,4 +1,4 @@
-"""A fake Kubernetes API server for tests: real HTTPS on 127.0.0.1, read-only.
+"""A fake Kubernetes API server for tests: real HTTPS on 127.0.0.1, read-only but for Events.
 
 Why it exists: the entrypoint talks raw HTTP(S) to the API server, so its tests
 need a server speaking the same wire protocol (TLS checked against the
@@ -7,8 +7,10 @@ watch streams), plus knobs a real cluster lacks: RBAC denials on demand, token
 rotation, history compaction and injected faults, down to raw bytes that no
 well-behaved server would send (a hostile or broken apiserver or proxy).
 
-Only GET is served over HTTP; tests change objects through the Python methods
-(put, update, delete), and every change is seen by open watches::
+Only GET is served over HTTP, and POST and PATCH of core v1 Events (what the
+entrypoint writes, checked as the real apiserver checks them: see api.events());
+tests change objects through the Python methods (put, update, delete), and
+every change is seen by open watches::
 
     with FakeKubeAPI(tmp_path) as api:
         api.put(pod("web-0", labels={"app": "web"}, ready=True))
@@ -76,9 +78,11 @@ BUILTIN_RESOURCES = (
     ResourceType("apps/v1", "deployments", "Deployment", True),
     ResourceType("apps/v1", "statefulsets", "StatefulSet", True),
     ResourceType("batch/v1", "jobs", "Job", True),
+    ResourceType("v1", "events", "Event", True),
 )
 
-VERBS = ("get", "list", "watch")
+VERBS = ("get", "list", "watch", "create", "patch")
+WRITABLE = {("v1", "events")}  # the only resource written over HTTP
 
 # ---------------------------------------------------------------------------
 # Status bodies: every error carries one, shaped like the real apiserver's
@@ -340,6 +344,21 @@ class _Watch:
         return None
 
 
+_DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}\Z)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _merge_patch(target, patch):
+    """RFC 7386: null deletes, objects merge, anything else replaces."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge_patch(target[key], value)
+        else:
+            target[key] = value
+    return target
+
+
 def _truthy(value):
     """Query booleans parse like Go's strconv.ParseBool."""
     return value in ("1", "t", "T", "true", "TRUE", "True")
@@ -421,18 +440,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         api = self.server.api
         length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        self.body = self.rfile.read(length) if length else b""
         target = urlsplit(self.path)
         self.record_path = target.path
         self.query = dict(parse_qsl(target.query, keep_blank_values=True))
-        self.route = api._route(target.path, self.query)
+        self.route = api._route(target.path, self.query, self.command)
         fault = api._take_fault(self.path)
         if fault is not None:
             self._apply_fault(fault)
         elif not api._authorized(self.headers.get("Authorization", "")):
             self._send_json(401, UNAUTHORIZED)
-        elif self.command != "GET":
+        elif self.command not in ("GET", "POST", "PATCH") or self.route.verb == "unwritable":
             self._send_json(405, METHOD_NOT_ALLOWED)
         else:
             try:
@@ -450,6 +468,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send_json(200, route.document)
         if api._is_denied(route.verb, route.rtype.resource, route.namespace):
             return self._send_json(403, _forbidden(route.verb, route.rtype, route.namespace, route.name))
+        if route.verb in ("create", "patch"):
+            status, document = api._write_event(route, self.headers.get("Content-Type", ""),
+                                                self.body)
+            return self._send_json(status, document)
         if route.verb == "get":
             obj = api._stored(route.rtype, route.namespace, route.name)
             if obj is None:
@@ -902,6 +924,63 @@ class FakeKubeAPI:
             return _event("BOOKMARK", {"kind": rtype.kind, "apiVersion": rtype.group_version,
                                        "metadata": {"resourceVersion": str(self._rv)}})
 
+    # -- events: the one resource written over HTTP ---------------------------
+
+    def events(self, namespace=None):
+        """The stored Events (copies), oldest first; each as written, with count and timestamps."""
+        with self._lock:
+            stored = [obj for (ns, _), obj in self._objects[("v1", "events")].items()
+                      if namespace is None or ns == namespace]
+            return copy.deepcopy(sorted(stored, key=lambda e: int(e["metadata"]["resourceVersion"])))
+
+    def _write_event(self, route, content_type, body):
+        """(status, document) for a POST or PATCH of an Event, validated as the real apiserver
+        validates a core v1 Event without eventTime."""
+        try:
+            document = json.loads(body.decode("utf-8"))
+        except ValueError:
+            return 400, status_body(400, "body is not JSON")
+        if not isinstance(document, dict):
+            return 400, status_body(400, "body is not a JSON object")
+        if route.verb == "patch":
+            if content_type.split(";")[0].strip() not in (
+                    "application/merge-patch+json", "application/strategic-merge-patch+json"):
+                return 415, status_body(415, "the body of the request was in an unknown format")
+            with self._cond:
+                old = self._stored(route.rtype, route.namespace, route.name)
+                if old is None:
+                    return 404, _not_found(route.rtype, route.name)
+                new = _merge_patch(copy.deepcopy(old), document)
+                for field in ("involvedObject", "reason", "message", "source", "firstTimestamp",
+                              "type"):
+                    if new.get(field) != old.get(field):
+                        return 422, status_body(422, "Event is invalid: %s: field is immutable"
+                                                % field, "Invalid")
+                return 200, self.put(new)
+        meta = document.get("metadata") or {}
+        problems = []
+        if (document.get("apiVersion"), document.get("kind")) != ("v1", "Event"):
+            problems.append("apiVersion/kind: must be v1 Event")
+        if not isinstance(meta.get("name"), str) or not _DNS_SUBDOMAIN.fullmatch(meta["name"]):
+            problems.append("metadata.name: must be a DNS subdomain")
+        if meta.get("namespace", route.namespace) != route.namespace:
+            problems.append("metadata.namespace: does not match the request")
+        involved = document.get("involvedObject") or {}
+        if involved.get("namespace", "") not in ("", route.namespace) or (
+                not involved.get("namespace") and route.namespace != "default"):
+            problems.append("involvedObject.namespace: does not match event.namespace")
+        if len(str(document.get("reason", ""))) > 128 or len(str(document.get("message", ""))) > 1024 * 4:
+            problems.append("reason or message too long")
+        if problems:
+            return 422, status_body(422, "Event is invalid: " + "; ".join(problems), "Invalid")
+        with self._cond:
+            if self._stored(route.rtype, route.namespace, meta["name"]) is not None:
+                return 409, status_body(409, 'events "%s" already exists' % meta["name"],
+                                        "AlreadyExists")
+            document = dict(document, metadata=dict(meta, namespace=route.namespace))
+            document["metadata"].pop("uid", None)
+            return 201, self.put(document)
+
     # -- RBAC --------------------------------------------------------------
 
     def deny(self, verb, resource, namespace=None):
@@ -1003,8 +1082,8 @@ class FakeKubeAPI:
 
     # -- routing and discovery ---------------------------------------------
 
-    def _route(self, path, query):
-        """What a request path means: discovery, get, list or watch, or unknown."""
+    def _route(self, path, query, method="GET"):
+        """What a request means: discovery, get, list, watch, create or patch, or unknown."""
         # Segments are percent-decoded, as the real apiserver does: a client quotes a name like
         # "a,b" as a%2Cb in an object's path.
         parts = [unquote(part) for part in path.split("/") if part]
@@ -1041,6 +1120,11 @@ class FakeKubeAPI:
                     or (name is not None and namespace is None and rtype.namespaced)):
                 return _UNKNOWN
             verb = "get" if name else ("watch" if _truthy(query.get("watch", "")) else "list")
+            if method in ("POST", "PATCH"):
+                verb = {("POST", False): "create", ("PATCH", True): "patch"}.get(
+                    (method, bool(name)), "unwritable")
+                if rtype.key not in WRITABLE:
+                    verb = "unwritable"
             return _Route(verb, rtype, namespace, name, None)
 
     def _api_versions(self):
@@ -1057,7 +1141,8 @@ class FakeKubeAPI:
                            key=lambda rtype: rtype.resource)
         return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": [
             {"name": rtype.resource, "singularName": rtype.kind.lower(), "namespaced": rtype.namespaced,
-             "kind": rtype.kind, "verbs": list(VERBS)} for rtype in resources]}
+             "kind": rtype.kind, "verbs": list(VERBS) if rtype.key in WRITABLE else list(VERBS[:3])}
+            for rtype in resources]}
 
 
 # ---------------------------------------------------------------------------

@@ -125,6 +125,57 @@ def test_other_methods_are_405(api):
         assert (status, body["reason"], body["code"]) == (405, "MethodNotAllowed", 405)
 
 
+def send_json(api, method, path, document, content_type="application/json"):
+    """A POST or PATCH with a JSON body; returns (status, answer)."""
+    conn = connect(api)
+    conn.request(method, path, body=json.dumps(document).encode(), headers={
+        "Authorization": "Bearer " + api.token, "Content-Type": content_type})
+    response = conn.getresponse()
+    answer = json.loads(response.read())
+    conn.close()
+    return response.status, answer
+
+
+EVENTS = "/api/v1/namespaces/default/events"
+
+
+def an_event(name="web-0.1", namespace="default", **fields):
+    return dict({"apiVersion": "v1", "kind": "Event",
+                 "metadata": {"name": name, "namespace": namespace},
+                 "involvedObject": {"kind": "Pod", "name": "web-0", "namespace": namespace},
+                 "reason": "Waiting", "message": "m", "type": "Normal", "count": 1}, **fields)
+
+
+def test_events_are_created_patched_and_recorded(api):
+    status, created = send_json(api, "POST", EVENTS, an_event())
+    assert status == 201 and created["metadata"]["uid"]
+    assert send_json(api, "POST", EVENTS, an_event())[0] == 409
+    status, patched = send_json(api, "PATCH", EVENTS + "/web-0.1", {"count": 2},
+                                "application/merge-patch+json")
+    assert (status, patched["count"]) == (200, 2)
+    assert [e["count"] for e in api.events()] == [2]
+    assert send_json(api, "PATCH", EVENTS + "/missing", {"count": 2},
+                     "application/merge-patch+json")[0] == 404
+    assert send_json(api, "PATCH", EVENTS + "/web-0.1", {"message": "other"},
+                     "application/merge-patch+json")[0] == 422
+    assert send_json(api, "PATCH", EVENTS + "/web-0.1", {"count": 3})[0] == 415
+
+
+def test_events_are_validated_and_refused_as_rbac_says(api):
+    wrong_namespace = an_event(involvedObject={"kind": "Pod", "name": "p", "namespace": "other"})
+    assert send_json(api, "POST", EVENTS, wrong_namespace)[0] == 422
+    assert send_json(api, "POST", EVENTS, an_event(name="Not_A_Name"))[0] == 422
+    api.deny("create", "events")
+    status, answer = send_json(api, "POST", EVENTS, an_event())
+    assert status == 403 and "cannot create resource" in answer["message"]
+    assert api.events() == []
+
+
+def test_writes_other_than_events_are_405(api):
+    status, body = send_json(api, "POST", "/api/v1/namespaces/default/pods", {})
+    assert (status, body["reason"]) == (405, "MethodNotAllowed")
+
+
 def test_connections_are_kept_alive(api):
     conn = connect(api)
     for path in (PODS, "/api/v1/namespaces/default/pods/missing", "/api/v1"):
