@@ -100,7 +100,7 @@ SECRETS = set()  # every token read: never printed, whatever text carries it
 
 
 def redact(text):
-    for secret in SECRETS:
+    for secret in tuple(SECRETS):  # a copy: another thread may read a new token meanwhile
         if secret in text:
             text = text.replace(secret, "[token]")
     return text
@@ -1042,16 +1042,19 @@ class ApiClient:
                         if re.fullmatch("[0-9]{1,9}", retry_after) else None)
 
     def _open(self, path, query, method="GET", body=None, content_type=None):
-        """Send a request and return the response, its body unread; after a 401 reread the token
-        once. Everything until the body is read shares one deadline."""
+        """Send a request and return the response, its body unread; after a 401 reread the token,
+        and send it again if the token changed. Everything until the body is read shares one
+        deadline."""
         if query:
             path += "?" + self._urlencode(query)
         deadline = time.monotonic() + self._timeout
         response = self._send(method, path, deadline, body, content_type)
         if response.status == 401 and self.token is not None:
-            self._read_body(response, MAX_ERROR_BYTES)
+            refused = self.token.value
             self.token.refresh()
-            response = self._send(method, path, deadline, body, content_type)
+            if self.token.value != refused:
+                self._read_body(response, MAX_ERROR_BYTES)
+                response = self._send(method, path, deadline, body, content_type)
         return response
 
     def _send(self, method, path, deadline, body=None, content_type=None):
@@ -1134,6 +1137,7 @@ WATCH_SILENCE = 30           # a stream still open this long past its timeoutSec
 HEALTHY_STREAM = 30          # seconds: a watch that ends sooner counts as a failure (backoff)
 UNUSED_GRACE = 60            # seconds a watched collection out of use is kept
 BACKOFF_LIMIT = 30.0         # seconds: the longest wait between retries of a failing read
+CACHE_MISSES = 3             # cache reads failing in a row before a collection reads storage only
 WATCH_EVENTS = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
 
 
@@ -1373,14 +1377,14 @@ class ApiReader:
                           field_requirement=parse_field_selector(fields) if fields else None,
                           items=None, error=None, resource_version=None, failures=0,
                           next_refresh=0.0, watcher=None, stopped=False, event_bytes=0,
-                          unused_since=None)
+                          unused_since=None, cache_misses=0, from_cache=False)
 
     def refresh(self, collection):
         """Read the collection once (list, get by name, or discovery); True if its answer changed.
         Whatever goes wrong is an ApiError kept in the collection, never an exception that escapes."""
         try:
             try:
-                items, resource_version = self._read(collection)
+                items, resource_version, from_cache = self._read(collection)
             except ApiError:
                 raise
             except Exception as e:  # an answer no check of its shape foresaw
@@ -1415,32 +1419,70 @@ class ApiReader:
         with self.lock:
             collection.items, collection.error = items, None
             collection.resource_version = resource_version
+            collection.from_cache = from_cache
             collection.event_bytes = 0
         return changed
 
     def _read(self, collection):
-        """One request for the collection: (items, resourceVersion of the list or None)."""
-        what = self._describe(collection)
+        """One read of the collection: (items, resourceVersion of the answer or None, whether the
+        answer came from the API server's cache).
+
+        The first read is the plain, quorum read. The next ones ask for the watch cache (no trip
+        to etcd) as of a version not older than the last answer, and are believed only once no
+        object in them is older than in that answer (see not_older). Where the server cannot
+        answer so (a lagging cache's "too large resource version", 410, parameters refused) or
+        its answer is older, the read is done the plain way; after CACHE_MISSES of those in a
+        row, every read of the collection is.
+        """
         if collection.mode == "discovery":
             try:
                 answer = self.client.get(collection.path)
             except ApiError as e:
                 if e.status != 404:
                     raise
-                return {}, None  # the group/version is not served (yet)
-            return discovered_resources(answer, what), None
-        if collection.mode == "get":
+                return {}, None, False  # the group/version is not served (yet)
+            return discovered_resources(answer, self._describe(collection)), None, False
+        if collection.items is not None and collection.resource_version \
+                and (collection.items or collection.mode != "get") \
+                and collection.cache_misses < CACHE_MISSES:
             try:
-                obj = self.client.get(self.client.path(collection.group_version, collection.resource,
-                                                       collection.namespace, collection.name))
+                items, version = self._read_once(collection, cache_version(collection))
+                if not_older(collection.items, collection.resource_version, items, version):
+                    collection.cache_misses = 0
+                    return items, version, True
+                problem = "its answer is older than one already seen"
+            except ApiError as e:
+                if e.status not in (400, 410, 422, 504):
+                    raise
+                problem = str(e)
+                if e.status in (400, 422):  # the parameters are not understood here
+                    collection.cache_misses = CACHE_MISSES
+            collection.cache_misses += 1
+            log("DEBUG", "reading %s from the cache failed (%s); reading it from storage"
+                % (self._describe(collection), problem))
+        items, version = self._read_once(collection, None)
+        return items, version, False
+
+    def _read_once(self, collection, version):
+        """One request: (items, resourceVersion), read as of `version` or, None, from storage."""
+        what = self._describe(collection)
+        if collection.mode == "get":
+            try:  # a get's resourceVersion means "not older than" by itself
+                obj = self.client.get(self.client.path(
+                    collection.group_version, collection.resource, collection.namespace,
+                    collection.name), {"resourceVersion": version} if version else None)
             except ApiError as e:
                 if e.status != 404:
                     raise
-                return {}, None
+                return {}, version
             if not is_object(obj) or not collection.selects(obj):
                 raise malformed(what, "not the object asked for")
-            return {object_key(obj): obj}, None
-        answer = self.client.get(collection.path, collection.query)
+            version = dig(obj, "metadata", "resourceVersion")
+            return {object_key(obj): obj}, version if isinstance(version, str) else None
+        query = collection.query
+        if version:
+            query = dict(query, resourceVersion=version, resourceVersionMatch="NotOlderThan")
+        answer = self.client.get(collection.path, query)
         items = answer.get("items")
         if not isinstance(items, list) or not all(is_object(item) for item in items):
             raise malformed(what, "not a list of objects")
@@ -1619,6 +1661,41 @@ def start_thread(thread):
 
 def object_key(obj):
     return dig(obj, "metadata", "namespace"), dig(obj, "metadata", "name")
+
+
+def cache_version(collection):
+    """The version to read the collection's next answer as of, from the cache. An answer from
+    the cache gives its own. One from storage gives the newest of its objects' versions: the
+    cache has seen those (they are changes of this resource), not always the list's version,
+    which is etcd's latest of any resource; a cache lagging behind it answers only after 3 s,
+    with "too large resource version". No object: any version ("0"), checked by not_older."""
+    if collection.from_cache or collection.mode == "get":
+        return collection.resource_version
+    seen = [object_version(obj) for obj in collection.items.values()]
+    return str(max(seen)) if seen and None not in seen else "0"
+
+
+def object_version(obj):
+    """An object's resourceVersion as a number (etcd's revision), or None if it is none."""
+    version = dig(obj, "metadata", "resourceVersion")
+    return int(version) if isinstance(version, str) and version.isdigit() else None
+
+
+def not_older(before, before_version, after, after_version):
+    """Whether an answer (`after`, as of `after_version`) is not older than the one before: no
+    object has an older version than before, none has come back that was already gone (an
+    object not there before, in a version from before then), and none is missing that the
+    answer is too old to have seen removed. Versions that are not numbers: not believed."""
+    at_before, at_after = object_version({"metadata": {"resourceVersion": before_version}}), \
+        object_version({"metadata": {"resourceVersion": after_version}})
+    old = {key: object_version(obj) for key, obj in before.items()}
+    new = {key: object_version(obj) for key, obj in after.items()}
+    if None in (at_before, at_after) or None in old.values() or None in new.values():
+        return False
+    if any(version < old[key] if key in old else version <= at_before
+           for key, version in new.items()):
+        return False
+    return all(key in new or version <= at_after for key, version in old.items())
 
 
 def versions(items):
@@ -2135,13 +2212,17 @@ class Waiting:
     """
 
     def __init__(self, dependencies, read, interval=POLL_INTERVAL, clock=time.monotonic,
-                 sleep=time.sleep, on_reason=None):
+                 sleep=time.sleep, on_reason=None, random=None):
         self.dependencies = dependencies
         self.on_reason = on_reason  # told each new reason a dependency is unmet (for Events)
         self.read = read
         self.interval = interval
         self.clock = clock
         self.sleep = sleep
+        if random is None:
+            import random as random_module
+            random = random_module.random
+        self.random = random
         # Local checks first: config files are written before any request can keep them waiting.
         self.pending = [[dep, None] for dep in sorted(dependencies, key=lambda d: d.needs_api)]
         self.reasons = {}
@@ -2160,7 +2241,9 @@ class Waiting:
             log("INFO", "Resolving %s" % dep, dep)
         next_progress = self.started + progress_every if progress_every else float("inf")
         changed, new_round = set(), True
-        next_round = self.clock() + self.interval
+        # Pods started together must not poll in step: a random phase, and a little jitter on
+        # every round, only ever longer (never more requests than one per interval).
+        next_round = self.clock() + self.interval * (0.1 + 0.9 * self.random())
         while True:
             for entry in list(self.pending):
                 reads = entry[1]
@@ -2182,7 +2265,7 @@ class Waiting:
                 changed = self.read.wait(wake)
             new_round = self.clock() >= next_round
             if new_round:
-                next_round = self.clock() + self.interval
+                next_round = self.clock() + self.interval * (1 + 0.1 * self.random())
                 if self.read is not None:
                     changed |= self.read.poll(in_use)
 
@@ -2333,7 +2416,7 @@ class Events:
                 self.client = self.make_client()
             if self.involved is None:
                 self.involved = self._pod_reference()
-            self._send(*item)
+            self._send(key, *item)
             self.failures = 0
         except ConfigError as e:  # no API server to write to
             log("DEBUG", "no events: %s" % e)
@@ -2379,8 +2462,10 @@ class Events:
             self.host = node
         return reference
 
-    def _send(self, event_type, reason, message):
-        """Raise the count of the same event if there is one, else create it."""
+    def _send(self, key, event_type, reason, message):
+        """Raise the count of the same event if there is one, else create it. One write per call:
+        where the event to count is gone (events expire, an hour by default), it is made anew in
+        the key's next turn (at once for the last event)."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall()))
         known = self.written.get((event_type, reason, message))
         if known is not None:
@@ -2392,7 +2477,12 @@ class Events:
                 return
             except ApiError as e:
                 if e.status != 404:
-                    raise  # 404: it expired (an hour, by default); make it anew
+                    raise
+                del self.written[(event_type, reason, message)]
+                if key != LAST:
+                    with self.lock:
+                        self.pending.setdefault(key, (event_type, reason, message))
+                    return
         self.last_stamp = max(int(self.wall() * 1e9), self.last_stamp + 1)
         name = "%s.%x" % (self.pod_name[:236].rstrip("-."), self.last_stamp)
         source = {"component": COMPONENT}
@@ -2569,6 +2659,23 @@ def help_text():
     return "\n".join(lines)
 
 
+def is_run_by_hand(arguments):
+    """--check or --validate among the options (before the command), known before anything that
+    can fail is parsed: a run by hand writes no termination message and no Event."""
+    value_next = False
+    for argument in arguments:
+        if value_next:
+            value_next = False
+        elif argument in ("-", "--") or not argument.startswith("-"):
+            return False  # the command begins
+        elif len(argument) > 2 and any(option.startswith(argument)  # as argparse: --che
+                                       for option in ("--check", "--validate")):
+            return True
+        elif len(argument) > 2 and "--timeout".startswith(argument):
+            value_next = True
+    return False
+
+
 def parse_arguments(arguments):
     """Options first; from the first non-option (or after --) everything is the command, untouched."""
     defaults = types.SimpleNamespace(timeout=None, check=False, validate=False, command=[])
@@ -2652,10 +2759,10 @@ def check_once(dependencies, read):
     return 0 if all(row[1] == "yes" for row in rows) else 1
 
 
-def report_unmet(waiting, headline, state):
+def report_unmet(waiting, headline, state, waited):
     """Log what was unmet when the wait was stopped, and keep it for the termination message."""
     headline = "%s after %s waiting for %d of %d dependencies" % (
-        headline, duration(waiting.waited()), len(waiting.pending), len(waiting.dependencies))
+        headline, duration(waited), len(waiting.pending), len(waiting.dependencies))
     log("ERROR", headline + "; the command was not run")
     state.summary = [headline]
     for dep, reason in waiting.unmet():
@@ -2721,10 +2828,10 @@ def main(arguments=None, env=None):
 
 def run(arguments, env, state):
     """Parse, check the command, then wait (or --check, or --validate) and exec."""
+    state.by_hand = is_run_by_hand(arguments)  # not as a container's process
     try:
         configure_logging(env)
         options = parse_arguments(arguments)
-        state.by_hand = options.validate or options.check  # not as a container's process
         settings, dependencies, reader, argv = prepare(env, options, connect=not options.validate)
         if options.validate:
             try:
@@ -2807,7 +2914,9 @@ def report_stop(signum, state):
         headline, code = "stopped by " + signal.Signals(signum).name, 128 + signum
         state.outcome = "Stopped"
     if state.waiting is not None:
-        report_unmet(state.waiting, headline, state)
+        # The timeout counts from the start, before the wait: say the time it was set to.
+        report_unmet(state.waiting, headline, state, state.timeout if signum == signal.SIGALRM
+                     else state.waiting.waited())
         return code
     if signum == signal.SIGALRM:
         headline = "timed out after %s before every dependency was checked" % duration(state.timeout)

@@ -756,8 +756,12 @@ def report(results, options, elapsed):
             % (m, f5[m]["startup_requests"], f5[m]["watches"], f5[m]["memory_median"])
             for m in MODES) + "."]
     import ssl
-    lines += ["", "Machine: Python %s (%s), %s, nproc %d, %s %s; benchmark took %.0f s."
-              % (platform.python_version(), options.python, ssl.OPENSSL_VERSION,
+    entrypoint_python = subprocess.run(
+        [options.python, "-I", "-S", "-c", "import platform; print(platform.python_version())"],
+        stdout=subprocess.PIPE, universal_newlines=True, timeout=30).stdout.strip()
+    lines += ["", "Machine: Python %s (the entrypoint's: %s), %s, nproc %d, %s %s; benchmark "
+              "took %.0f s."
+              % (platform.python_version(), entrypoint_python, ssl.OPENSSL_VERSION,
                  os.cpu_count() or 0, platform.system(), platform.machine(), elapsed)]
     return "\n".join(lines)
 

@@ -472,14 +472,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             status, document = api._write_event(route, self.headers.get("Content-Type", ""),
                                                 self.body)
             return self._send_json(status, document)
+        if route.verb in ("get", "list"):
+            refusal = api._version_refusal(self.query)
+            if refusal is not None:
+                status, document, headers = refusal
+                return self._send(status, json.dumps(document).encode(), headers)
+        frozen = api._frozen if self.query.get("resourceVersion") else None
         if route.verb == "get":
-            obj = api._stored(route.rtype, route.namespace, route.name)
+            obj = api._stored(route.rtype, route.namespace, route.name, frozen)
             if obj is None:
                 return self._send_json(404, _not_found(route.rtype, route.name))
             return self._send_json(200, obj)
         selection = _Selection(route.rtype, route.namespace, self.query)
         if route.verb == "list":
-            return self._send_json(200, api._list_body(selection))
+            return self._send_json(200, api._list_body(selection, frozen))
         self._stream_watch(selection)
 
     # -- responses ---------------------------------------------------------
@@ -622,6 +628,11 @@ class FakeKubeAPI:
     Settings tests may change at any time:
       history_limit: how many changes are kept for watches resuming from a resourceVersion.
       bookmark_interval: seconds between BOOKMARK events (allowWatchBookmarks=true).
+      cache_reads: how a get or list with a resourceVersion (a read from the watch cache,
+        not older than that version) is answered: "serve" (default: as the real apiserver,
+        504 "Too large resource version" for a version it has not reached), "lagging" (504 for
+        every one, as a server whose cache lags behind), "refuse" (400, as a server that does
+        not know the parameters), "ignore" (answered as a plain read).
       expire_with_http_410: answer a too-old resourceVersion with HTTP 410 instead of
         the default 200 stream carrying one ERROR event (what the real apiserver does).
     """
@@ -632,6 +643,8 @@ class FakeKubeAPI:
         self.history_limit = 1000
         self.bookmark_interval = 1.0
         self.expire_with_http_410 = False
+        self.cache_reads = "serve"
+        self._frozen = None       # (objects, resourceVersion) that reads from the cache get
 
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
@@ -845,10 +858,22 @@ class FakeKubeAPI:
     def _store_key(rtype, namespace, name):
         return ((namespace or "default") if rtype.namespaced else "", name)
 
-    def _stored(self, rtype, namespace, name):
+    def _stored(self, rtype, namespace, name, frozen=None):
         """The stored object itself (never mutated after storing, so safe to serialize)."""
         with self._lock:
-            return self._objects.get(rtype.key, {}).get(self._store_key(rtype, namespace, name))
+            objects = frozen[0] if frozen else self._objects
+            return objects.get(rtype.key, {}).get(self._store_key(rtype, namespace, name))
+
+    def freeze_cache(self):
+        """From now on, reads with a resourceVersion (reads from the watch cache) see the objects
+        as they are now, whatever changes later and whatever version they ask for: a cache
+        stuck in the past that ignores "not older than"."""
+        with self._lock:
+            self._frozen = ({key: dict(store) for key, store in self._objects.items()}, self._rv)
+
+    def thaw_cache(self):
+        with self._lock:
+            self._frozen = None
 
     def _commit(self, key, old, new):
         """Record a change (lock held): keep it for resuming watches and queue it for open ones."""
@@ -861,15 +886,16 @@ class FakeKubeAPI:
                 watch.pending.append(change)
         self._cond.notify_all()
 
-    def _list_body(self, selection):
+    def _list_body(self, selection, frozen=None):
         with self._lock:
-            objects = sorted(self._objects.get(selection.rtype.key, {}).items())
+            store, version = frozen if frozen else (self._objects, self._rv)
+            objects = sorted(store.get(selection.rtype.key, {}).items())
             items = [{field: value for field, value in obj.items() if field not in ("kind", "apiVersion")}
                      for _, obj in objects if selection.selects(obj)]
             return {
                 "kind": selection.rtype.kind + "List",
                 "apiVersion": selection.rtype.group_version,
-                "metadata": {"resourceVersion": str(self._rv)},
+                "metadata": {"resourceVersion": str(version)},
                 "items": items,
             }
 
@@ -923,6 +949,31 @@ class FakeKubeAPI:
         with self._lock:
             return _event("BOOKMARK", {"kind": rtype.kind, "apiVersion": rtype.group_version,
                                        "metadata": {"resourceVersion": str(self._rv)}})
+
+    def _version_refusal(self, query):
+        """(status, Status, headers) refusing a get or list's resourceVersion parameters, or None
+        to serve it (the current state is never older than any version asked for)."""
+        version, match = query.get("resourceVersion", ""), query.get("resourceVersionMatch", "")
+        if not version and not match or self.cache_reads == "ignore":
+            return None
+        if self.cache_reads == "refuse":
+            return 400, status_body(400, "resourceVersionMatch: unsupported"), []
+        if match and not version:
+            return 400, status_body(400, "resourceVersionMatch is forbidden unless "
+                                         "resourceVersion is provided"), []
+        if match not in ("", "NotOlderThan", "Exact") or not version.isdigit():
+            return 400, status_body(400, "invalid resourceVersion or resourceVersionMatch"), []
+        with self._lock:
+            current = self._rv
+        if self.cache_reads == "lagging" or int(version) > current:
+            message = "Too large resource version: %s, current: %d" % (version, current)
+            return 504, status_body(504, message, "Timeout", details={"causes": [
+                {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1}), [("Retry-After", "1")]
+        if match == "Exact" and int(version) != current:
+            return 410, status_body(410, "too old resource version: %s (%d)" % (version, current),
+                                    "Expired"), []
+        return None
 
     # -- events: the one resource written over HTTP ---------------------------
 

@@ -234,6 +234,9 @@ def test_expired_event_is_made_anew(api):
     api.delete("v1", "Event", first["metadata"]["name"])  # events expire after an hour
     clock.now += ke.EVENT_SPACING
     events.waiting("Job db-init in namespace default", "not succeeded")
+    assert events.write_next(block=False)  # the PATCH: 404
+    assert api.events() == [] and not events.write_next(block=False)  # one write per turn
+    clock.now += ke.EVENT_SPACING
     assert events.write_next(block=False)
     [again] = api.events()
     assert again["message"] == first["message"] and again["count"] == 1
@@ -248,3 +251,24 @@ def test_run_by_hand_writes_no_event(api, entrypoint, option):
     run = entrypoint(waiting_on_mariadb(api), arguments=[option])
     assert run.finish() == (1 if option == "--check" else 0)
     assert event_writes(api) == []
+
+
+@pytest.mark.parametrize("option", ["--check", "--validate"])
+@pytest.mark.parametrize("env", [{}, {"ENTRYPOINT_LOG_FORMAT": "xml"}])
+def test_run_by_hand_with_a_bad_argument_writes_no_event(api, entrypoint, option, env):
+    """An error found before the options are parsed is still an error of a run by hand."""
+    this_pod(api)
+    run = entrypoint(dict(waiting_on_mariadb(api), **env), arguments=[option, "--timeout", "x"])
+    assert run.finish() == 2
+    assert event_writes(api) == []
+
+
+@pytest.mark.parametrize("fault", [dict(status=404, match="/events/"),  # every PATCH: 404
+                                   dict(status=401, match="/events")])  # every write: 401
+def test_budget_counts_every_write_the_server_gets(api, fault):
+    this_pod(api)
+    api.inject(times=None, **fault)
+    clock = Clock()
+    events = events_on(api, clock)
+    flap(api, events, clock, 600)
+    assert len(event_writes(api)) <= 25

@@ -1,0 +1,154 @@
+"""What waiting costs the API server: polls read from its watch cache once a version is known,
+never back in time, with a way back to plain reads for servers that cannot answer so; and poll
+rounds that do not march in step across pods started together."""
+
+import pytest
+
+import fakeapi as k8s
+import kubernetes_entrypoint as ke
+from conftest import wait_for
+
+
+def unmet_service(api):
+    api.put(k8s.endpoint_slice("mariadb", addresses=(("10.0.0.1", False),)))
+    api.deny("watch", "endpointslices")
+    return dict(api.env(), DEPENDENCY_SERVICE="mariadb", ENTRYPOINT_POLL_INTERVAL="0.2")
+
+
+def slice_lists(api):
+    return [r for r in api.requests if r.resource == "endpointslices" and r.verb == "list"
+            and r.status != 403]
+
+
+def cache_read(request):
+    return "resourceVersion" in request.query
+
+
+def make_ready(api):
+    api.put(k8s.endpoint_slice("mariadb", addresses=(("10.0.0.1", True),)))
+
+
+def test_polls_after_the_first_read_come_from_the_cache(api, entrypoint):
+    run = entrypoint(unmet_service(api))
+    wait_for(lambda: len(slice_lists(api)) >= 4)
+    first, *later = slice_lists(api)
+    assert not cache_read(first)  # nothing seen yet: the quorum read
+    assert all(r.query["resourceVersionMatch"] == "NotOlderThan" for r in later)
+    versions = [int(r.query["resourceVersion"]) for r in later]
+    assert versions == sorted(versions)  # never back in time
+    make_ready(api)
+    run.assert_execd()
+
+
+@pytest.mark.parametrize("server, plain_after", [("lagging", 3), ("refuse", 1)])
+def test_server_that_cannot_read_its_cache_is_read_plainly(api, entrypoint, server, plain_after):
+    api.cache_reads = server
+    run = entrypoint(unmet_service(api))
+    wait_for(lambda: len(slice_lists(api)) >= 2 + 2 * plain_after + 3)
+    reads = slice_lists(api)
+    refused = [r for r in reads if cache_read(r)]
+    assert len(refused) == plain_after and all(r.status in (400, 504) for r in refused)
+    assert not any(cache_read(r) for r in reads[-3:])  # from then on, plain reads only
+    make_ready(api)
+    run.assert_execd()
+    assert "Traceback" not in run.stderr
+
+
+def test_server_ignoring_the_parameters_works(api, entrypoint):
+    api.cache_reads = "ignore"
+    run = entrypoint(unmet_service(api))
+    wait_for(lambda: len(slice_lists(api)) >= 3)
+    make_ready(api)
+    run.assert_execd()
+
+
+def test_get_by_name_asks_for_the_version_seen(api, entrypoint):
+    job = api.put(k8s.job("db-init", active=1))
+    api.deny("list", "jobs")
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="db-init", ENTRYPOINT_POLL_INTERVAL="0.2"))
+    gets = lambda: [r for r in api.requests if r.resource == "jobs" and r.verb == "get"]  # noqa
+    wait_for(lambda: len(gets()) >= 3)
+    assert "resourceVersion" not in gets()[0].query
+    assert gets()[1].query == {"resourceVersion": job["metadata"]["resourceVersion"]}
+    api.put(k8s.job("db-init", succeeded=1))
+    run.assert_execd()
+
+
+# Poll rounds -------------------------------------------------------------------------------
+
+class FakeTime:
+    def __init__(self):
+        self.now = 0.0
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+
+def round_times(randoms, rounds):
+    """When a dependency read every round is checked, for the given random draws."""
+    times, fake, draws = [], FakeTime(), iter(randoms)
+
+    def check(dep, read):
+        times.append(round(fake.now, 3))
+        return ke.MET if len(times) > rounds else ke.not_met("not yet")
+
+    dep = ke.Dependency(variable="DEPENDENCY_SOCKET", check=check, needs_api=False, label="x")
+    ke.Waiting([dep], None, interval=2.0, clock=fake.clock, sleep=fake.sleep,
+               random=lambda: next(draws)).run()
+    return times
+
+
+def test_rounds_start_at_a_random_phase_and_jitter():
+    assert round_times([0.0, 0.5, 0.5, 0.5], 3) == [0.0, 0.2, 2.3, 4.4]
+    assert round_times([1.0, 0.0, 1.0, 0.5], 3) == [0.0, 2.0, 4.0, 6.2]
+
+
+def test_rounds_are_never_closer_than_the_interval():
+    import random
+    draws = [random.random() for _ in range(2001)]
+    times = round_times(draws, 2000)
+    gaps = [later - earlier for earlier, later in zip(times[1:], times[2:])]
+    assert min(gaps) >= 2.0 - 1e-6 and max(gaps) <= 2.2 + 1e-6
+
+
+# A cache that answers from the past ----------------------------------------------------------
+
+def test_an_answer_older_than_one_seen_is_not_believed(api, entrypoint):
+    api.put(k8s.endpoint_slice("mariadb", addresses=(("10.0.0.1", True),)))
+    api.freeze_cache()  # the cache still has it ready; storage has it unready from now
+    env = unmet_service(api)
+    run = entrypoint(env)
+    wait_for(lambda: len(slice_lists(api)) >= 10)  # the first, 3 times cache then storage, ...
+    assert run.running() and run.report() is None
+    assert not any(cache_read(r) for r in slice_lists(api)[-3:])  # storage only, from then on
+    make_ready(api)
+    run.assert_execd()
+
+
+def test_an_object_gone_does_not_come_back(api, entrypoint):
+    api.put(k8s.job("db-init", succeeded=1))
+    api.freeze_cache()
+    api.delete("batch/v1", "Job", "db-init")
+    api.deny("watch", "jobs")
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="db-init", ENTRYPOINT_POLL_INTERVAL="0.2"))
+    wait_for(lambda: sum(r.resource == "jobs" and "resourceVersion" in r.query
+                         for r in api.requests) >= 3)
+    assert run.running() and run.report() is None
+    api.put(k8s.job("db-init", succeeded=1))
+    run.assert_execd()
+
+
+def test_not_older_compares_objects_versions():
+    def answer(**versions):
+        return {key: {"metadata": {"resourceVersion": str(v)}} for key, v in versions.items()}
+    assert ke.not_older(answer(a=5), "9", answer(a=5), "7")        # a quiet cache: fine
+    assert ke.not_older(answer(a=5), "9", answer(a=8), "8")        # changed since
+    assert ke.not_older(answer(a=5), "9", answer(a=5, b=10), "10")  # created since
+    assert ke.not_older(answer(a=5), "9", answer(), "6")           # deleted since
+    assert not ke.not_older(answer(a=5), "9", answer(a=4), "9")    # went back
+    assert not ke.not_older(answer(), "9", answer(b=3), "9")       # came back from before
+    assert not ke.not_older(answer(a=5), "9", answer(), "4")       # too old to know it
+    assert not ke.not_older(answer(a=5), "9", answer(a="x"), "9")  # not a number
