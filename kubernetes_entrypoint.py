@@ -1137,6 +1137,7 @@ WATCH_SILENCE = 30           # a stream still open this long past its timeoutSec
 HEALTHY_STREAM = 30          # seconds: a watch that ends sooner counts as a failure (backoff)
 UNUSED_GRACE = 60            # seconds a watched collection out of use is kept
 BACKOFF_LIMIT = 30.0         # seconds: the longest wait between retries of a failing read
+MERGE_LIMIT = 50             # label values in one merged read (its URL stays short)
 CACHE_MISSES = 3             # cache reads failing in a row before a collection reads storage only
 WATCH_EVENTS = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
 
@@ -1253,6 +1254,7 @@ class ApiReader:
         self.said = set()           # messages logged once
         self.watch_refused = set()  # collection paths where watching is refused: poll them
         self.troubles = {}          # collection key -> [last error text, times seen]
+        self.merged = {}            # a read's key -> the key of the merged read that answers it
 
     # What checks call ---------------------------------------------------------------------
 
@@ -1288,16 +1290,42 @@ class ApiReader:
             self.reads.discard(key)
         return self.settled[(group_version, kind)]
 
+    def merge(self, reads):
+        """Make label reads that one selector can say together one read: `k=a` and `k=b` of a
+        resource in one namespace become `k in (a,b)` (at most MERGE_LIMIT values each). Each
+        check still sees only its own objects; one list, one watch, one poll serves them all."""
+        groups = {}
+        for group_version, resource, namespace, labels in reads:
+            key, _, value = labels.partition("=")
+            values = groups.setdefault((group_version, resource, namespace, key), [])
+            if value not in values:
+                values.append(value)
+        for (group_version, resource, namespace, key), values in groups.items():
+            for start in range(0, len(values), MERGE_LIMIT):
+                chunk = sorted(values[start:start + MERGE_LIMIT])
+                if len(chunk) < 2:
+                    continue
+                merged = (group_version, resource, namespace,
+                          "%s in (%s)" % (key, ",".join(chunk)), None)
+                for value in chunk:
+                    self.merged[(group_version, resource, namespace, "%s=%s" % (key, value),
+                                 None)] = merged
+
     def _answer(self, key, name=None):
-        self.reads.add(key)
-        collection = self.collections.get(key)
+        source = self.merged.get(key, key)
+        self.reads.add(source)
+        collection = self.collections.get(source)
         if collection is None:
-            collection = self.collections[key] = self._new_collection(key, name)
+            collection = self.collections[source] = self._new_collection(source, name)
             self.refresh(collection)
         with self.lock:
             if collection.items is None:
                 raise collection.error
-            return list(collection.items.values())
+            items = list(collection.items.values())
+        if source is not key:  # only this read's own objects
+            wanted = parse_selector(key[3])
+            items = [obj for obj in items if labels_match(wanted, obj["metadata"].get("labels"))]
+        return items
 
     # What the engine calls ----------------------------------------------------------------
 
@@ -1772,11 +1800,18 @@ def this_pod_node(dep, read):
     return node, None
 
 
+def service_reads(dep):
+    """What check_service lists first, announced before the first check so that the Services of
+    one namespace can share one read (see ApiReader.merge)."""
+    return [("discovery.k8s.io/v1", "endpointslices", dep.namespace,
+             "kubernetes.io/service-name=" + dep.name)]
+
+
 def check_service(dep, read):
     """Some endpoint has an address and is ready; EndpointSlices first, the Endpoints object as fallback."""
     try:
-        slices = read.list("discovery.k8s.io/v1", "endpointslices", dep.namespace,
-                           labels="kubernetes.io/service-name=" + dep.name)
+        [(group_version, resource, namespace, labels)] = service_reads(dep)
+        slices = read.list(group_version, resource, namespace, labels=labels)
     except ApiError as e:
         if e.status not in (403, 404):
             raise
@@ -2118,12 +2153,15 @@ def check_config(dep, read):
 # --------------------------------------------------------------------------------------------
 
 class Kind(types.SimpleNamespace):
-    """A DEPENDENCY_* variable: how its value parses, how its dependencies are checked."""
+    """A DEPENDENCY_* variable: how its value parses, how its dependencies are checked, and which
+    of their reads can be announced before the first check (for merging)."""
+
+    reads = None
 
 
 KINDS = [
     Kind(variable="DEPENDENCY_SERVICE", parse=parse_services, check=check_service,
-         example="[ns:]service,..."),
+         reads=service_reads, example="[ns:]service,..."),
     Kind(variable="DEPENDENCY_CONTAINER", parse=parse_containers, check=check_container,
          example="container,... (needs POD_NAME)"),
     Kind(variable="DEPENDENCY_DAEMONSET", parse=parse_daemonsets, check=check_daemonset,
@@ -2170,7 +2208,7 @@ def parse_dependencies(env, settings):
         value = env.get(kind.variable, "")
         if kind.variable not in skip and value.strip():
             for dep in kind.parse(kind.variable, value, settings):
-                dep.variable, dep.check = kind.variable, kind.check
+                dep.variable, dep.check, dep.reads = kind.variable, kind.check, kind.reads
                 dependencies.append(dep)
     return dependencies
 
@@ -2845,6 +2883,8 @@ def run(arguments, env, state):
             return check_once(dependencies, reader)
         executable = find_command(argv, env.get("PATH", os.defpath)) if argv else None
         events = state.events = events_for(env, settings, reader)
+        if reader is not None:
+            reader.merge([read for dep in dependencies if dep.reads for read in dep.reads(dep)])
         state.waiting = Waiting(dependencies, reader, settings.poll_interval,
                                 on_reason=events.waiting if events else None)
         state.waiting.run(settings.progress_interval)

@@ -2,6 +2,8 @@
 never back in time, with a way back to plain reads for servers that cannot answer so; and poll
 rounds that do not march in step across pods started together."""
 
+import time
+
 import pytest
 
 import fakeapi as k8s
@@ -152,3 +154,38 @@ def test_not_older_compares_objects_versions():
     assert not ke.not_older(answer(), "9", answer(b=3), "9")       # came back from before
     assert not ke.not_older(answer(a=5), "9", answer(), "4")       # too old to know it
     assert not ke.not_older(answer(a=5), "9", answer(a="x"), "9")  # not a number
+
+
+# Reads merged per namespace ---------------------------------------------------------------------
+
+def slices_of(api, *names, namespace="default", ready=False):
+    for name in names:
+        api.put(k8s.endpoint_slice(name, namespace, addresses=(("10.0.0.1", ready),)))
+
+
+@pytest.mark.parametrize("watch", [True, False])
+def test_services_of_one_namespace_share_one_read(api, entrypoint, watch):
+    slices_of(api, "mariadb", "rabbitmq", "memcached")
+    slices_of(api, "keystone", namespace="openstack")
+    if not watch:
+        api.deny("watch", "endpointslices")
+    run = entrypoint(dict(api.env(), ENTRYPOINT_POLL_INTERVAL="0.2",
+                          DEPENDENCY_SERVICE="mariadb,rabbitmq,memcached,openstack:keystone"))
+    if watch:
+        wait_for(lambda: api.open_watches == 2)
+    else:
+        wait_for(lambda: len(slice_lists(api)) >= 6)
+    selectors = {r.query["labelSelector"] for r in slice_lists(api)}
+    assert selectors == {"kubernetes.io/service-name in (mariadb,memcached,rabbitmq)",
+                         "kubernetes.io/service-name=keystone"}
+    slices_of(api, "mariadb", "memcached", ready=True)
+    slices_of(api, "keystone", namespace="openstack", ready=True)
+    time.sleep(0.5)  # long enough for a watch event, or two poll rounds, to be seen
+    reads = len(slice_lists(api))
+    wait_for(lambda: watch or len(slice_lists(api)) >= reads + 4)
+    assert run.running()  # rabbitmq is still not ready: the other Services' slices do not count
+    slices_of(api, "rabbitmq", ready=True)
+    run.assert_execd()
+    assert "Resolving dependency Service rabbitmq in namespace default failed: 0 of 1 " \
+           "endpoints ready ." in run.stdout
+    assert run.stdout.count("is resolved") == 4

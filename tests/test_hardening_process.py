@@ -400,19 +400,20 @@ runpy.run_path(%r, run_name="__main__")
 
 
 def test_item20_thread_that_cannot_start_is_no_crash(api, spawn):
-    """issue 7 item 20: as under a low pids limit, only three threads can start."""
-    names = ["s%d" % i for i in range(10)]
-    for name in names:
-        api.put(k8s.endpoint_slice(name, addresses=(("10.0.0.1", False),)))
-    run = spawn(dict(api.env(), DEPENDENCY_SERVICE=",".join(names)),
+    """issue 7 item 20: as under a low pids limit, only three threads can start. (Ten
+    namespaces: the Services of one namespace would share one read, and one thread.)"""
+    namespaces = ["n%d" % i for i in range(10)]
+    for namespace in namespaces:
+        api.put(k8s.endpoint_slice("s", namespace, addresses=(("10.0.0.1", False),)))
+    run = spawn(dict(api.env(), DEPENDENCY_SERVICE=",".join(ns + ":s" for ns in namespaces)),
                 head=(sys.executable, "-I", "-S", "-c", THREAD_LIMIT))
     wait_for(lambda: len(api.requests) >= 10)
     time.sleep(1)
     if not run.running():
         run.finish()
         pytest.fail("it stopped waiting: %s" % run.stderr[-1000:])
-    for name in names:
-        api.put(k8s.endpoint_slice(name))
+    for namespace in namespaces:
+        api.put(k8s.endpoint_slice("s", namespace))
     code = run.finish()
     assert code == 0 and run.report() is not None, (run.stdout, run.stderr)
     assert "Traceback" not in run.stderr
