@@ -1138,7 +1138,8 @@ HEALTHY_STREAM = 30          # seconds: a watch that ends sooner counts as a fai
 UNUSED_GRACE = 60            # seconds a watched collection out of use is kept
 BACKOFF_LIMIT = 30.0         # seconds: the longest wait between retries of a failing read
 MERGE_LIMIT = 50             # label values in one merged read (its URL stays short)
-CACHE_MISSES = 3             # cache reads failing in a row before a collection reads storage only
+CACHE_MISSES = 3             # cache reads failing in a row before a collection reads storage...
+CACHE_PAUSE = 30             # ... for this many reads (a minute at the default interval)
 WATCH_EVENTS = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
 
 
@@ -1405,7 +1406,8 @@ class ApiReader:
                           field_requirement=parse_field_selector(fields) if fields else None,
                           items=None, error=None, resource_version=None, failures=0,
                           next_refresh=0.0, watcher=None, stopped=False, event_bytes=0,
-                          unused_since=None, cache_misses=0, from_cache=False)
+                          unused_since=None, cache_misses=0, storage_reads=0,
+                          from_cache=False, seen_version=0)
 
     def refresh(self, collection):
         """Read the collection once (list, get by name, or discovery); True if its answer changed.
@@ -1447,6 +1449,8 @@ class ApiReader:
         with self.lock:
             collection.items, collection.error = items, None
             collection.resource_version = resource_version
+            collection.seen_version = max(collection.seen_version,
+                                          object_version(resource_version) or 0)
             collection.from_cache = from_cache
             collection.event_bytes = 0
         return changed
@@ -1457,10 +1461,12 @@ class ApiReader:
 
         The first read is the plain, quorum read. The next ones ask for the watch cache (no trip
         to etcd) as of a version not older than the last answer, and are believed only once no
-        object in them is older than in that answer (see not_older). Where the server cannot
-        answer so (a lagging cache's "too large resource version", 410, parameters refused) or
-        its answer is older, the read is done the plain way; after CACHE_MISSES of those in a
-        row, every read of the collection is.
+        object in them is older than in that answer and none comes back that was gone by the
+        newest version seen (see not_older). Where the server cannot answer so (a lagging
+        cache's "too large resource version", 410, any failure but a refusal or a 429) or its
+        answer is older, the read is done the plain way at once; after CACHE_MISSES of those in
+        a row, so are the next CACHE_PAUSE reads, and all of them where the server refuses the
+        parameters (400, 422).
         """
         if collection.mode == "discovery":
             try:
@@ -1470,26 +1476,43 @@ class ApiReader:
                     raise
                 return {}, None, False  # the group/version is not served (yet)
             return discovered_resources(answer, self._describe(collection)), None, False
-        if collection.items is not None and collection.resource_version \
-                and (collection.items or collection.mode != "get") \
-                and collection.cache_misses < CACHE_MISSES:
-            try:
-                items, version = self._read_once(collection, cache_version(collection))
-                if not_older(collection.items, collection.resource_version, items, version):
-                    collection.cache_misses = 0
-                    return items, version, True
-                problem = "its answer is older than one already seen"
-            except ApiError as e:
-                if e.status not in (400, 410, 422, 504):
-                    raise
-                problem = str(e)
-                if e.status in (400, 422):  # the parameters are not understood here
-                    collection.cache_misses = CACHE_MISSES
-            collection.cache_misses += 1
-            log("DEBUG", "reading %s from the cache failed (%s); reading it from storage"
-                % (self._describe(collection), problem))
+        if collection.storage_reads > 0:
+            collection.storage_reads -= 1
+        elif collection.items is not None and collection.resource_version \
+                and (collection.items or collection.mode != "get"):
+            answer = self._read_from_cache(collection)
+            if answer is not None:
+                return answer + (True,)
         items, version = self._read_once(collection, None)
         return items, version, False
+
+    def _read_from_cache(self, collection):
+        """(items, resourceVersion) from the watch cache, or None (the miss counted and said)."""
+        seen = max(collection.seen_version, object_version(collection.resource_version) or 0)
+        refused, expected = False, True
+        try:
+            items, version = self._read_once(collection, cache_version(collection))
+            if not_older(collection.items, seen, items, version):
+                collection.cache_misses = 0
+                return items, version
+            problem = "its answer is older than one already seen"
+        except ApiError as e:
+            if e.status in (401, 403, 404, 429):
+                raise  # said and retried as for any read
+            problem, refused = str(e), e.status in (400, 422)  # parameters not understood
+            expected = e.status in (410, 504)
+        collection.cache_misses += 1
+        if refused:
+            collection.storage_reads = float("inf")
+        elif collection.cache_misses >= CACHE_MISSES:
+            collection.cache_misses, collection.storage_reads = 0, CACHE_PAUSE
+        message = "reading %s from the API server's cache failed (%s); reading it from storage" \
+            % (self._describe(collection), problem)
+        if expected:  # a cache behind, as caches are now and then
+            log("DEBUG", message)
+        else:  # a failure worth knowing of, said once for the collection
+            self._say_once(("cache", collection.path), message)
+        return None
 
     def _read_once(self, collection, version):
         """One request: (items, resourceVersion), read as of `version` or, None, from storage."""
@@ -1704,23 +1727,25 @@ def cache_version(collection):
 
 
 def object_version(obj):
-    """An object's resourceVersion as a number (etcd's revision), or None if it is none."""
-    version = dig(obj, "metadata", "resourceVersion")
-    return int(version) if isinstance(version, str) and version.isdigit() else None
+    """A resourceVersion (an object's, or a version string itself) as a number (etcd's
+    revision), or None if it is none."""
+    version = obj if isinstance(obj, str) else dig(obj, "metadata", "resourceVersion")
+    return int(version) if isinstance(version, str) and re.fullmatch("[0-9]{1,20}", version) \
+        else None
 
 
-def not_older(before, before_version, after, after_version):
-    """Whether an answer (`after`, as of `after_version`) is not older than the one before: no
-    object has an older version than before, none has come back that was already gone (an
-    object not there before, in a version from before then), and none is missing that the
-    answer is too old to have seen removed. Versions that are not numbers: not believed."""
-    at_before, at_after = object_version({"metadata": {"resourceVersion": before_version}}), \
-        object_version({"metadata": {"resourceVersion": after_version}})
+def not_older(before, seen, after, after_version):
+    """Whether an answer (`after`, as of `after_version`) is not older than what was seen: no
+    object has an older version than in the answer before, none has come back that was gone
+    by `seen` (the newest version seen of the collection: an object not there before, in a
+    version from before then), none is newer than the answer itself, and none is missing that
+    the answer is too old to have seen removed. Versions that are not numbers: not believed."""
+    at_after = object_version(after_version)
     old = {key: object_version(obj) for key, obj in before.items()}
     new = {key: object_version(obj) for key, obj in after.items()}
-    if None in (at_before, at_after) or None in old.values() or None in new.values():
+    if at_after is None or None in old.values() or None in new.values():
         return False
-    if any(version < old[key] if key in old else version <= at_before
+    if any(version > at_after or (version < old[key] if key in old else version <= seen)
            for key, version in new.items()):
         return False
     return all(key in new or version <= at_after for key, version in old.items())

@@ -146,14 +146,17 @@ def test_an_object_gone_does_not_come_back(api, entrypoint):
 def test_not_older_compares_objects_versions():
     def answer(**versions):
         return {key: {"metadata": {"resourceVersion": str(v)}} for key, v in versions.items()}
-    assert ke.not_older(answer(a=5), "9", answer(a=5), "7")        # a quiet cache: fine
-    assert ke.not_older(answer(a=5), "9", answer(a=8), "8")        # changed since
-    assert ke.not_older(answer(a=5), "9", answer(a=5, b=10), "10")  # created since
-    assert ke.not_older(answer(a=5), "9", answer(), "6")           # deleted since
-    assert not ke.not_older(answer(a=5), "9", answer(a=4), "9")    # went back
-    assert not ke.not_older(answer(), "9", answer(b=3), "9")       # came back from before
-    assert not ke.not_older(answer(a=5), "9", answer(), "4")       # too old to know it
-    assert not ke.not_older(answer(a=5), "9", answer(a="x"), "9")  # not a number
+    assert ke.not_older(answer(a=5), 9, answer(a=5), "7")          # a quiet cache: fine
+    assert ke.not_older(answer(a=5), 9, answer(a=8), "8")          # changed since
+    assert ke.not_older(answer(a=5), 9, answer(a=5, b=10), "10")   # created since
+    assert ke.not_older(answer(a=5), 9, answer(), "6")             # deleted since
+    assert not ke.not_older(answer(a=5), 9, answer(a=4), "9")      # went back
+    assert not ke.not_older(answer(), 9, answer(b=3), "9")         # came back from before
+    assert not ke.not_older(answer(a=5), 9, answer(), "4")         # too old to know it
+    assert not ke.not_older(answer(a=5), 9, answer(a="x"), "9")    # not a number
+    assert not ke.not_older(answer(a=5), 9, answer(a=12), "10")    # newer than its answer
+    assert not ke.not_older(answer(a="\u00b2"), 9, answer(a="\u00b2"), "9")  # digit, no number
+    assert not ke.not_older(answer(a="9" * 5000), 9, answer(a="9" * 5000), "9")
 
 
 # Reads merged per namespace ---------------------------------------------------------------------
@@ -189,3 +192,63 @@ def test_services_of_one_namespace_share_one_read(api, entrypoint, watch):
     assert "Resolving dependency Service rabbitmq in namespace default failed: 0 of 1 " \
            "endpoints ready ." in run.stdout
     assert run.stdout.count("is resolved") == 4
+
+
+def test_cache_is_tried_again_after_a_pause(api, entrypoint):
+    api.cache_reads = "lagging"
+    run = entrypoint(unmet_service(api))
+    wait_for(lambda: sum(map(cache_read, slice_lists(api))) >= 3)
+    api.cache_reads = "serve"
+    wait_for(lambda: len(slice_lists(api)) >= 1 + 3 * 2 + ke.CACHE_PAUSE + 2, timeout=20)
+    assert cache_read(slice_lists(api)[-1])  # the cache again, and it answers now
+    make_ready(api)
+    run.assert_execd()
+
+
+# Found by review: each failed before its fix ------------------------------------------------
+
+def test_a_lagging_cache_does_not_bring_back_a_slice_gone_before_the_first_read(api, entrypoint):
+    """Honest caches at two versions, both older than the first (storage) read: the newest
+    version seen stays the mark, so a slice deleted before it cannot come back."""
+    api.put(k8s.endpoint_slice("mariadb", addresses=(("10.0.0.1", False),)))
+    api.freeze_cache()
+    at_a = api._frozen                       # a cache at A
+    api.put(k8s.endpoint_slice("mariadb", name="mariadb-t", addresses=(("10.0.0.2", True),)))
+    api.freeze_cache()
+    at_a1 = api._frozen                      # a cache at A+1: the ready slice t still there
+    api._frozen = at_a
+    api.delete("discovery.k8s.io/v1", "EndpointSlice", "mariadb-t")
+    api.put(k8s.job("unrelated", active=1))  # the list's version moves on
+    api.deny("watch", "endpointslices")
+    run = entrypoint(dict(api.env(), DEPENDENCY_SERVICE="mariadb", ENTRYPOINT_POLL_INTERVAL="0.2"))
+    wait_for(lambda: sum(map(cache_read, slice_lists(api))) >= 1)
+    api._frozen = at_a1
+    wait_for(lambda: not run.running() or sum(map(cache_read, slice_lists(api))) >= 4)
+    time.sleep(0.5)
+    assert run.running() and run.report() is None
+
+
+def test_a_server_refusing_the_parameters_is_never_asked_again(api, entrypoint):
+    api.put(k8s.endpoint_slice("mariadb", addresses=(("10.0.0.1", False),)))
+    api.deny("watch", "endpointslices")
+    api.cache_reads = "refuse"
+    api.inject(status=504, times=2, match="resourceVersionMatch")
+    run = entrypoint(dict(api.env(), DEPENDENCY_SERVICE="mariadb", ENTRYPOINT_POLL_INTERVAL="0.1"))
+    wait_for(lambda: len(slice_lists(api)) >= 1 + 3 * 2 + ke.CACHE_PAUSE + 5, timeout=30)
+    refused = [r for r in api.requests if r.resource == "endpointslices" and r.status == 400]
+    assert len(refused) == 1
+    assert run.running()
+
+
+def test_a_cache_read_failing_otherwise_is_read_from_storage_at_once(api, entrypoint):
+    """A 500 from cache reads: the same round reads storage, so the dependency does not go in
+    and out of error."""
+    api.put(k8s.endpoint_slice("mariadb", addresses=(("10.0.0.1", False),)))
+    api.deny("watch", "endpointslices")
+    api.inject(status=500, times=None, match="resourceVersionMatch")
+    run = entrypoint(dict(api.env(), DEPENDENCY_SERVICE="mariadb", ENTRYPOINT_POLL_INTERVAL="0.1"))
+    wait_for(lambda: len(slice_lists(api)) >= 12, timeout=20)
+    run.process.terminate()
+    run.finish()
+    assert "works again" not in run.stdout and "failed: " not in run.stdout.replace(
+        "failed: 0 of 1 endpoints ready", "")

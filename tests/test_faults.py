@@ -63,9 +63,12 @@ def test_repeating_error_is_logged_once_with_a_count(api, entrypoint):
     api.inject(status=503, times=6)
     met(api)
     run.assert_execd()
-    failures = [line for line in run.stdout.splitlines() if "reading " in line and "503" in line]
+    failures = [line for line in run.stdout.splitlines() if "reading " in line and "503" in line
+                and "cache" not in line]  # a failed read from the cache is said once, apart
     assert len(failures) == 2, run.stdout  # when it starts, and when it clears
-    assert "failed 6 times" in failures[1]
+    # Six faults, and a failed read from the cache goes on to storage in the same round: the
+    # first failed read may have met two of them.
+    assert "failed 6 times" in failures[1] or "failed 5 times" in failures[1]
 
 
 def test_list_refused_reads_by_name(api, entrypoint):
