@@ -869,15 +869,88 @@ class SocketReader(io.RawIOBase):
             self._sock.reader_closed()
 
 
+def time_left(deadline, what):
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise socket.timeout("%s timed out" % what)
+    return remaining
+
+
+def start_thread(thread):
+    """Start a background thread with the stop signals blocked in it (a thread inherits the mask),
+    so that they always reach the main thread, which handles them."""
+    with stop_signals_held():
+        thread.start()
+
+
+LOOKUPS = {}  # (host, port): the name lookup under way, which the next request waits for too
+LOOKUPS_LOCK = threading.Lock()
+
+
+def addresses(host, port, deadline):
+    """getaddrinfo for a TCP connection, within `deadline`. The C library's lookup cannot be cut
+    short, so it runs in a thread that is waited for until the deadline; a request that comes
+    while a lookup of its host is still under way waits for that one rather than start another,
+    so a resolver that never answers holds one thread, not one per request."""
+    def look_up():
+        try:
+            lookup.answer = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            lookup.answer = e
+
+    if ip_address(host) is not None:  # nothing to look up
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    with LOOKUPS_LOCK:
+        lookup = LOOKUPS.get((host, port))
+        if lookup is None:
+            lookup = threading.Thread(target=look_up, name="lookup", daemon=True)
+            lookup.answer = None
+            try:
+                start_thread(lookup)
+            except RuntimeError:  # no thread to spare (a low pids limit): look up in this one
+                lookup = None
+            else:
+                LOOKUPS[(host, port)] = lookup
+    if lookup is None:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    lookup.join(time_left(deadline, "name lookup of %s" % host))
+    if lookup.is_alive():
+        raise socket.timeout("name lookup of %s timed out" % host)
+    with LOOKUPS_LOCK:
+        if LOOKUPS.get((host, port)) is lookup:
+            del LOOKUPS[(host, port)]
+    if isinstance(lookup.answer, OSError):
+        raise lookup.answer
+    return lookup.answer
+
+
+def connect_before(deadline, address):
+    """A TCP connection to `address` (host, port), name lookup included, made before `deadline`;
+    the socket's timeout is then what is left, for the TLS handshake (one timeout for all of it)."""
+    host, port = address
+    failure = None
+    for family, kind, protocol, _, socket_address in addresses(host, port, deadline):
+        sock = socket.socket(family, kind, protocol)
+        try:
+            sock.settimeout(time_left(deadline, "connection"))
+            sock.connect(socket_address)
+            sock.settimeout(time_left(deadline, "connection"))
+            return sock
+        except OSError as e:
+            sock.close()
+            failure = e
+    raise failure or OSError("no address for %s" % host)
+
+
 def bounded_connection(base):
-    """An http.client connection class whose connect, TLS handshake, request and response all fit
-    in `deadline` (time.monotonic), set before each request."""
+    """An http.client connection class whose name lookup, connect, TLS handshake, request and
+    response all fit in `deadline` (time.monotonic), set before each request."""
 
     class Bounded(base):
         deadline = 0.0
 
         def connect(self):
-            self.timeout = max(self.deadline - time.monotonic(), 0.001)  # TCP and TLS handshake
+            self._create_connection = lambda address, *_: connect_before(self.deadline, address)
             super().connect()
             self.sock = DeadlineSocket(self.sock, self)
 
@@ -1701,13 +1774,6 @@ def discovered_resources(answer, what):
             if isinstance(r, dict) and isinstance(r.get("name"), str)
             and RESOURCE_NAME.fullmatch(r["name"]) and isinstance(r.get("kind"), str)
             and isinstance(r.get("namespaced"), bool)}
-
-
-def start_thread(thread):
-    """Start a background thread with the stop signals blocked in it (a thread inherits the mask),
-    so that they always reach the main thread, which handles them."""
-    with stop_signals_held():
-        thread.start()
 
 
 def object_key(obj):
@@ -2722,6 +2788,10 @@ def help_text():
     return "\n".join(lines)
 
 
+BY_HAND_OPTIONS = ("--check", "--validate")  # a person runs these, not a pod
+VALUE_OPTIONS = ("--timeout",)                 # options whose value is the next argument
+
+
 def is_run_by_hand(arguments):
     """--check or --validate among the options (before the command), known before anything that
     can fail is parsed: a run by hand writes no termination message and no Event."""
@@ -2732,9 +2802,9 @@ def is_run_by_hand(arguments):
         elif argument in ("-", "--") or not argument.startswith("-"):
             return False  # the command begins
         elif len(argument) > 2 and any(option.startswith(argument)  # as argparse: --che
-                                       for option in ("--check", "--validate")):
+                                       for option in BY_HAND_OPTIONS):
             return True
-        elif len(argument) > 2 and "--timeout".startswith(argument):
+        elif len(argument) > 2 and any(option.startswith(argument) for option in VALUE_OPTIONS):
             value_next = True
     return False
 
@@ -2744,6 +2814,17 @@ def parse_arguments(arguments):
     defaults = types.SimpleNamespace(timeout=None, check=False, validate=False, command=[])
     if not arguments:
         return defaults  # the common case needs no argparse at all
+    options = argument_parser().parse_args(arguments)
+    if options.command[:1] == ["--"]:
+        options.command = options.command[1:]
+    if options.timeout is not None and not 0 <= options.timeout <= YEAR:
+        raise ConfigError("--timeout", "%g is not a number of seconds (0 to %d)"
+                          % (options.timeout, YEAR))
+    return options
+
+
+def argument_parser():
+    """The options. One that takes a value must be in VALUE_OPTIONS too (see is_run_by_hand)."""
     import argparse
 
     class Parser(argparse.ArgumentParser):
@@ -2765,13 +2846,7 @@ def parse_arguments(arguments):
                              "writing any file; exit 2 on any error")
     parser.add_argument("--version", action="version", version="%(prog)s " + __version__)
     parser.add_argument("command", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    options = parser.parse_args(arguments)
-    if options.command[:1] == ["--"]:
-        options.command = options.command[1:]
-    if options.timeout is not None and not 0 <= options.timeout <= YEAR:
-        raise ConfigError("--timeout", "%g is not a number of seconds (0 to %d)"
-                          % (options.timeout, YEAR))
-    return options
+    return parser
 
 
 def prepare(env, options, connect=True):

@@ -180,3 +180,91 @@ def test_api_errors_while_waiting_are_reasons_not_crashes(api, capsys):
     api.inject(status=503, times=2)
     ke.Waiting(deps, ke.ApiReader(client_for(api), interval=0.05), interval=0.05).run()
     assert "503" in capsys.readouterr().out
+
+
+class SilentServer:
+    """Accepts TCP connections and never says a word: a TLS handshake with it never ends."""
+
+    def __init__(self):
+        import socket
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+
+    def close(self):
+        self.sock.close()
+
+
+@pytest.fixture
+def silent_server():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def slow_lookup(monkeypatch, name, release=None, seconds=0.0):
+    """socket.getaddrinfo for `name` answers 127.0.0.1 after `seconds`, or once `release` is set;
+    returns the list of names looked up."""
+    import socket
+    real, calls = socket.getaddrinfo, []
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != name:
+            return real(host, port, *args, **kwargs)
+        calls.append(host)
+        if release is not None:
+            release.wait()
+        time.sleep(seconds)
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return calls
+
+
+def test_name_lookup_connect_and_handshake_share_the_request_timeout(silent_server, api,
+                                                                     monkeypatch):
+    """A lookup taking 1 s leaves 1 s of a 2 s timeout for the handshake, not 2 s more."""
+    slow_lookup(monkeypatch, "slow.invalid", seconds=1.0)
+    client = ke.ApiClient("https://slow.invalid:%d" % silent_server.port, str(api.sa_dir),
+                          timeout=2.0)
+    start = time.monotonic()
+    with pytest.raises(ke.ApiError) as caught:
+        client.get("/api/v1")
+    assert 1.9 < time.monotonic() - start < 2.7
+    assert "within 2s" in str(caught.value)
+
+
+def test_a_name_lookup_that_never_ends_is_abandoned_and_never_started_twice(api, monkeypatch):
+    release = threading.Event()
+    calls = slow_lookup(monkeypatch, "stuck.invalid", release=release)
+    client = ke.ApiClient("https://stuck.invalid:%d" % api.port, str(api.sa_dir), timeout=0.5)
+    try:
+        for _ in range(2):
+            start = time.monotonic()
+            with pytest.raises(ke.ApiError) as caught:
+                client.get("/api/v1")
+            assert time.monotonic() - start < 1.5 and "within 0.5s" in str(caught.value)
+        assert calls == ["stuck.invalid"]  # the second request waited for the same lookup
+    finally:
+        release.set()
+    # Once the lookup answers, the next request uses its answer: it reaches the server (whose
+    # certificate does not name stuck.invalid, so it is refused there, as it should be).
+    with pytest.raises(ke.ApiError) as caught:
+        client.get("/api/v1")
+    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value) and calls == ["stuck.invalid"]
+    assert not ke.LOOKUPS
+
+
+def test_a_failed_name_lookup_is_a_reason(api, monkeypatch):
+    import socket
+
+    def getaddrinfo(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    client = ke.ApiClient("https://nowhere.invalid:443", str(api.sa_dir), timeout=2.0)
+    with pytest.raises(ke.ApiError) as caught:
+        client.get("/api/v1")
+    assert "cannot reach the API server" in str(caught.value)
+    assert "Name or service not known" in str(caught.value)

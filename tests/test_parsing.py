@@ -262,3 +262,16 @@ def test_directory_as_command_is_not_executable(tmp_path):
     with pytest.raises(ke.CommandError) as caught:
         ke.find_command([str(tmp_path)], "")
     assert caught.value.code == 126
+
+
+def test_every_option_taking_a_value_is_known_before_parsing():
+    """is_run_by_hand skips the value of each option in VALUE_OPTIONS: every such option of the
+    parser must be there, or `--new-option --check` would be misread."""
+    parser = ke.argument_parser()
+    taking_values = {option for action in parser._actions if action.option_strings
+                     and action.nargs != 0 for option in action.option_strings}
+    assert taking_values == set(ke.VALUE_OPTIONS)
+    assert ke.is_run_by_hand(["--timeout", "5", "--check"])
+    assert ke.is_run_by_hand(["--time", "5", "--val"])
+    assert not ke.is_run_by_hand(["--timeout", "--check"])  # --check is the timeout's value
+    assert not ke.is_run_by_hand(["run", "--check"])         # the command's own option
