@@ -978,10 +978,12 @@ class ApiClient:
         self._timeout = timeout
         self._local = threading.local()
         self._context = None
+        self._untrusted = ()  # the error of a server certificate that fails verification
         self.token = None
         if url.scheme == "https":
             import ssl
-            ca_path = os.path.join(serviceaccount_dir, "ca.crt")
+            ca_path = self._ca_path = os.path.join(serviceaccount_dir, "ca.crt")
+            self._untrusted = ssl.SSLCertVerificationError
             try:
                 self._context = tls_context(ca_path)
             except (OSError, ssl.SSLError) as e:
@@ -1158,6 +1160,10 @@ class ApiClient:
                 if reused and attempt == 1 and isinstance(
                         e, (self._http.RemoteDisconnected, ConnectionResetError, BrokenPipeError)):
                     continue
+                if isinstance(e, self._untrusted):
+                    raise ApiError(None, "the API server's certificate is not trusted: %s "
+                                         "(verified against %s)"
+                                   % (clip(str(e.verify_message), 300), self._ca_path))
                 if time.monotonic() >= deadline:
                     raise ApiError(None, "no answer from the API server within %gs"
                                    % self._timeout)
@@ -1181,6 +1187,7 @@ def tls_context(ca_path):
     context.verify_flags = ((context.verify_flags & ~ssl.VERIFY_X509_STRICT)
                             | getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0x80000))
     context.hostname_checks_common_name = False
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # as Go; 3.8 and 3.9 leave it to OpenSSL
     return context
 
 
@@ -2734,12 +2741,30 @@ def exec_command(argv, executable):
     an exec that fails raises CommandError."""
     if executable is None:
         return run_in_process(argv)
+    environment = command_environment()
     restore_signals()
     try:
-        os.execv(executable, argv)
+        os.execve(executable, argv, environment)
     except OSError as e:
         raise CommandError(127 if e.errno == errno.ENOENT else 126,
                            "COMMAND: cannot execute %s: %s" % (executable, e.strerror or e))
+
+
+def command_environment(started_with="/proc/self/environ"):
+    """The environment as the container gave it. Where the locale is C, Python sets LC_CTYPE to
+    C.UTF-8 in its own at start (PEP 538): the command gets LC_CTYPE as it was, or not at all."""
+    environment = dict(os.environ)
+    try:
+        with open(started_with, "rb") as f:
+            original = f.read()
+    except OSError:
+        return environment  # no /proc: nothing known to undo
+    environment.pop("LC_CTYPE", None)
+    for entry in original.split(b"\0"):
+        if entry.startswith(b"LC_CTYPE="):
+            environment["LC_CTYPE"] = os.fsdecode(entry[len(b"LC_CTYPE="):])
+            break  # the first one is the one getenv() sees
+    return environment
 
 
 SETTINGS_HELP = [

@@ -351,3 +351,15 @@ def test_run_by_its_shebang_ignores_the_pods_python_variables(tmp_path):
     assert result.returncode == 0, result.stderr
     for name, value in python_variables.items():
         assert "%s=%s\n" % (name, value) in result.stdout
+
+
+@pytest.mark.parametrize("given", [{}, {"LANG": "C"}, {"LC_CTYPE": "C"}, {"LC_CTYPE": "POSIX"},
+                                   {"LC_CTYPE": "C.UTF-8", "LANG": "C"}])
+def test_command_gets_the_locale_variables_as_given(entrypoint, given):
+    """Where the locale is C, Python sets LC_CTYPE=C.UTF-8 in its own environment at start (PEP
+    538); the command must see the environment the container was given, not that."""
+    run = entrypoint(dict(given), command="/usr/bin/env")
+    assert run.finish() == 0, run.stderr
+    seen = dict(line.split("=", 1) for line in run.stdout.splitlines() if "=" in line
+                and line.split("=", 1)[0] in ("LANG", "LC_CTYPE", "LC_ALL"))
+    assert seen == given
