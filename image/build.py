@@ -24,8 +24,10 @@ import zipfile
 
 SHEBANG = b"#!/usr/bin/python3 -IS\n"
 EXECUTABLE = "usr/local/bin/kubernetes-entrypoint"
-# What Python itself imports to run a zip application.
-RUNTIME_MODULES = ("runpy", "zipimport")
+# What is imported without an import statement in the source: by Python itself to run a zip
+# application, by the codec lookup when ssl encodes the server's host name, and by argparse's
+# messages (--help, a wrong option).
+RUNTIME_MODULES = ("runpy", "zipimport", "encodings.idna", "locale", "gettext")
 
 
 def imported_modules(source):

@@ -159,3 +159,30 @@ def test_plain_source_copied_in_still_runs(tmp_path):
         "-v", "%s:/app:ro" % tmp_path, "--entrypoint", "/usr/bin/python3"],
         arguments=["-I", "-S", "/app/kubernetes_entrypoint.py"])
     assert (result.returncode, result.stdout) == (0, "from source\n"), result.stderr
+
+
+def compiled_from_source(stderr):
+    """The modules `python -v` says it compiled from source rather than loaded as bytecode."""
+    return [line for line in stderr.splitlines()
+            if line.startswith("# code object from") and not line.rstrip("'").endswith(".pyc")]
+
+
+def test_nothing_is_compiled_at_start(tmp_path):
+    """A TLS request (whose host name goes through the idna codec) and --help (argparse's
+    messages) load only bytecode: the build compiled all they import, even without an import
+    statement in the source."""
+    verbose = ["--read-only", "--entrypoint", "/usr/bin/python3"]
+    executable = ["-I", "-S", "-v", "/usr/local/bin/kubernetes-entrypoint"]
+    with k8s.FakeKubeAPI(tmp_path / "api") as api:
+        api.put(k8s.endpoint_slice("db"))
+        readable_by_anyone(api.sa_dir)
+        result = podman_run({
+            "KUBERNETES_SERVICE_HOST": api.host, "KUBERNETES_SERVICE_PORT": str(api.port),
+            "DEPENDENCY_SERVICE": "db", "COMMAND": "echo met",
+        }, options=verbose + ["-v", "%s:%s:ro" % (api.sa_dir, SERVICEACCOUNT)],
+            arguments=executable)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "met", result.stderr
+    assert compiled_from_source(result.stderr) == []
+    result = podman_run(options=verbose, arguments=executable + ["--help"])
+    assert result.returncode == 0, result.stderr
+    assert compiled_from_source(result.stderr) == []
