@@ -3014,8 +3014,9 @@ def run(arguments, env, state):
                                 on_reason=events.waiting if events else None)
         state.waiting.run(settings.progress_interval)
         signal.setitimer(signal.ITIMER_REAL, 0)
-        state.summary = ["all %d dependencies met after %s" % (
-            len(dependencies), duration(state.waiting.waited()))]
+        state.summary = ["%s met after %s" % (
+            "its dependency" if len(dependencies) == 1 else "all %d dependencies"
+            % len(dependencies), duration(state.waiting.waited()))]
         if events is not None and events.used:  # it waited: say for how long
             events.finish("Normal", "DependenciesMet", state.summary[0], EVENT_FLUSH_EXEC)
         if not argv:

@@ -44,7 +44,7 @@ def test_waiting_then_met_on_the_pod(api, entrypoint):
     run.assert_execd()
     met = api.events()[-1]
     assert (met["type"], met["reason"]) == ("Normal", "DependenciesMet")
-    assert met["message"].startswith("all 1 dependencies met after ")
+    assert met["message"].startswith("its dependency met after ")
     assert met["involvedObject"] == waiting["involvedObject"]
 
 

@@ -71,7 +71,7 @@ def test_met_without_a_command(api, entrypoint, message_file):
     run = entrypoint(dict(api.env(), DEPENDENCY_SERVICE="db",
                           ENTRYPOINT_TERMINATION_LOG=str(message_file)), command="")
     assert run.finish() == 0
-    assert lines_of(message_file) == ["all 1 dependencies met after 0s"]
+    assert lines_of(message_file) == ["its dependency met after 0s"]
 
 
 def test_an_execd_command_finds_the_file_untouched(entrypoint, message_file):
