@@ -5,10 +5,11 @@ It reads DEPENDENCY_* variables (services, containers, daemonsets, jobs, pods, c
 sockets, config templates), asks the API server with the pod's service-account token until every
 one is met, and replaces itself with COMMAND (same PID, same environment).
 
-The file reads top to bottom: logging, configuration (pure parsing), API access, the read
-interface the checks use (each read listed once, then watched, or polled where watching is
-refused), one check per kind, the kinds table, the waiting engine, and main/exec. Standard
-library only, Python 3.8+.
+The file reads top to bottom: logging, configuration (pure parsing), connections (one deadline
+for all of a request), API access, the read interface the checks use (each read listed once, then
+watched, or polled where watching is refused), files written whole or not at all, one check per
+kind, the kinds table, the waiting engine, Events on the pod, and main/exec. Standard library
+only, Python 3.8+.
 """
 
 import _signal  # the built-in half of `signal`, already loaded: the handlers come before all else
@@ -717,96 +718,9 @@ def render_bytes(variable, source, template, values):
 
 
 # --------------------------------------------------------------------------------------------
-# API access: HTTPS requests and watch streams with the service-account token.
+# Connections: every request to the API server within one deadline, from the name lookup to
+# the last byte of the answer; TLS verified as client-go verifies it.
 # --------------------------------------------------------------------------------------------
-
-class ApiError(Exception):
-    """A request that did not give an answer: `status` is the HTTP code, or None when none came."""
-
-    def __init__(self, status, message, reason="", retry_after=None):
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
-        self.retry_after = retry_after
-
-    def __str__(self):
-        if self.status is None:
-            return self.message
-        return "%d %s: %s" % (self.status, self.reason or "error", self.message)
-
-
-MAX_ANSWER_BYTES = 8 * 1024 * 1024  # one answer or one watch event; more is malformed
-MAX_ERROR_BYTES = 64 * 1024         # what is read of an error answer
-RETRY_AFTER_LIMIT = 10              # seconds: the longest Retry-After honoured (then backoff)
-# A bearer token's characters (RFC 6750): anything else would break the header (and the error
-# would show it), or be escaped in a JSON log line where redact() would not recognise it.
-TOKEN_TEXT = re.compile(r"[A-Za-z0-9._~+/-]{1,65536}=*")
-
-
-class TokenFile:
-    """The service-account token, reread every minute (the kubelet rotates it) and on demand.
-
-    A token is never printed: each one read joins SECRETS, which every output line is cleaned of.
-    """
-
-    def __init__(self, path, clock=time.monotonic):
-        self.path = path
-        self.clock = clock
-        self.value = None
-        self.read_at = None
-        self.problem = None
-        self.refresh(required=True)
-
-    def refresh(self, required=False):
-        try:
-            with open(self.path, "rb") as f:
-                value = f.read(65537).strip()
-        except OSError as e:
-            value, problem = b"", e.strerror
-        else:
-            problem = "the file is empty"
-            if value and not TOKEN_TEXT.fullmatch(value.decode("latin-1")):
-                value, problem = b"", ("the file does not hold one bearer token (it has line "
-                                       "breaks, spaces or other characters a token cannot have, "
-                                       "or is too long)")
-        if value:
-            self.value = value.decode("ascii")
-            SECRETS.add(self.value)
-            self.read_at, self.problem = self.clock(), None
-        elif required:
-            raise ConfigError("ENTRYPOINT_SERVICEACCOUNT_DIR",
-                              "cannot read the service-account token %s: %s" % (self.path, problem))
-        elif problem != self.problem:
-            self.problem = problem
-            log("WARNING", "cannot reread the service-account token %s: %s; keeping the one read "
-                           "before" % (self.path, problem))
-
-    def current(self):
-        if self.clock() - self.read_at >= TOKEN_REREAD_AFTER:
-            self.refresh()
-        return self.value
-
-
-def api_server_url(env, variable_hint):
-    """https://host:port from the in-cluster variables (an IPv6 host goes in brackets)."""
-    host = env.get("KUBERNETES_SERVICE_HOST", "").strip()
-    port = env.get("KUBERNETES_SERVICE_PORT", "").strip()
-    for name, value in (("KUBERNETES_SERVICE_HOST", host), ("KUBERNETES_SERVICE_PORT", port)):
-        if not value:
-            raise ConfigError(name, "not set, but %s needs the Kubernetes API "
-                                    "(Kubernetes sets it in every pod)" % variable_hint)
-    if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
-        raise ConfigError("KUBERNETES_SERVICE_PORT", "%s is not a port number" % shown(port))
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    address = ip_address(bare)
-    if address is None and not HOST_NAME.fullmatch(bare):
-        raise ConfigError("KUBERNETES_SERVICE_HOST", "%s is not a host name or address"
-                          % shown(host))
-    if address is not None and address.version == 6:
-        host = "[%s]" % address
-    return "https://%s:%s" % (host, port)
-
 
 class DeadlineSocket:
     """A connected socket whose every send and receive ends at its connection's one deadline, so
@@ -955,6 +869,121 @@ def bounded_connection(base):
             self.sock = DeadlineSocket(self.sock, self)
 
     return Bounded
+
+
+def tls_context(ca_path):
+    """Verify the API server as client-go does: its chain must lead to a certificate in `ca_path`
+    (any of them is a trust anchor, as in Go), and a subjectAltName must match the host or IP (the
+    subject's CN does not count, as in Go). Python 3.13 adds OpenSSL's strict X.509 rules, which
+    refuse what real clusters serve and client-go accepts (a CA without keyUsage, a certificate
+    without authority key identifier): those rules are left off on every version."""
+    import ssl
+    context = ssl.create_default_context(cafile=ca_path)
+    context.verify_flags = ((context.verify_flags & ~ssl.VERIFY_X509_STRICT)
+                            | getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0x80000))
+    context.hostname_checks_common_name = False
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # as Go; 3.8 and 3.9 leave it to OpenSSL
+    return context
+
+
+def describe_failure(error):
+    """What went wrong with a connection, for a log line. A ValueError's text is not shown: it can
+    quote a header (the token) that http.client refused to send."""
+    if isinstance(error, ValueError) and not isinstance(error, OSError):  # (TLS errors are both)
+        return "the request could not be sent (%s)" % type(error).__name__
+    return clip(str(error) or type(error).__name__, 300)
+
+
+# --------------------------------------------------------------------------------------------
+# API access: HTTPS requests and watch streams with the service-account token.
+# --------------------------------------------------------------------------------------------
+
+class ApiError(Exception):
+    """A request that did not give an answer: `status` is the HTTP code, or None when none came."""
+
+    def __init__(self, status, message, reason="", retry_after=None):
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+    def __str__(self):
+        if self.status is None:
+            return self.message
+        return "%d %s: %s" % (self.status, self.reason or "error", self.message)
+
+
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # one answer or one watch event; more is malformed
+MAX_ERROR_BYTES = 64 * 1024         # what is read of an error answer
+RETRY_AFTER_LIMIT = 10              # seconds: the longest Retry-After honoured (then backoff)
+# A bearer token's characters (RFC 6750): anything else would break the header (and the error
+# would show it), or be escaped in a JSON log line where redact() would not recognise it.
+TOKEN_TEXT = re.compile(r"[A-Za-z0-9._~+/-]{1,65536}=*")
+
+
+class TokenFile:
+    """The service-account token, reread every minute (the kubelet rotates it) and on demand.
+
+    A token is never printed: each one read joins SECRETS, which every output line is cleaned of.
+    """
+
+    def __init__(self, path, clock=time.monotonic):
+        self.path = path
+        self.clock = clock
+        self.value = None
+        self.read_at = None
+        self.problem = None
+        self.refresh(required=True)
+
+    def refresh(self, required=False):
+        try:
+            with open(self.path, "rb") as f:
+                value = f.read(65537).strip()
+        except OSError as e:
+            value, problem = b"", e.strerror
+        else:
+            problem = "the file is empty"
+            if value and not TOKEN_TEXT.fullmatch(value.decode("latin-1")):
+                value, problem = b"", ("the file does not hold one bearer token (it has line "
+                                       "breaks, spaces or other characters a token cannot have, "
+                                       "or is too long)")
+        if value:
+            self.value = value.decode("ascii")
+            SECRETS.add(self.value)
+            self.read_at, self.problem = self.clock(), None
+        elif required:
+            raise ConfigError("ENTRYPOINT_SERVICEACCOUNT_DIR",
+                              "cannot read the service-account token %s: %s" % (self.path, problem))
+        elif problem != self.problem:
+            self.problem = problem
+            log("WARNING", "cannot reread the service-account token %s: %s; keeping the one read "
+                           "before" % (self.path, problem))
+
+    def current(self):
+        if self.clock() - self.read_at >= TOKEN_REREAD_AFTER:
+            self.refresh()
+        return self.value
+
+
+def api_server_url(env, variable_hint):
+    """https://host:port from the in-cluster variables (an IPv6 host goes in brackets)."""
+    host = env.get("KUBERNETES_SERVICE_HOST", "").strip()
+    port = env.get("KUBERNETES_SERVICE_PORT", "").strip()
+    for name, value in (("KUBERNETES_SERVICE_HOST", host), ("KUBERNETES_SERVICE_PORT", port)):
+        if not value:
+            raise ConfigError(name, "not set, but %s needs the Kubernetes API "
+                                    "(Kubernetes sets it in every pod)" % variable_hint)
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
+        raise ConfigError("KUBERNETES_SERVICE_PORT", "%s is not a port number" % shown(port))
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    address = ip_address(bare)
+    if address is None and not HOST_NAME.fullmatch(bare):
+        raise ConfigError("KUBERNETES_SERVICE_HOST", "%s is not a host name or address"
+                          % shown(host))
+    if address is not None and address.version == 6:
+        host = "[%s]" % address
+    return "https://%s:%s" % (host, port)
 
 
 class ApiClient:
@@ -1176,29 +1205,6 @@ class ApiClient:
             self._local.connection = None
 
 
-def tls_context(ca_path):
-    """Verify the API server as client-go does: its chain must lead to a certificate in `ca_path`
-    (any of them is a trust anchor, as in Go), and a subjectAltName must match the host or IP (the
-    subject's CN does not count, as in Go). Python 3.13 adds OpenSSL's strict X.509 rules, which
-    refuse what real clusters serve and client-go accepts (a CA without keyUsage, a certificate
-    without authority key identifier): those rules are left off on every version."""
-    import ssl
-    context = ssl.create_default_context(cafile=ca_path)
-    context.verify_flags = ((context.verify_flags & ~ssl.VERIFY_X509_STRICT)
-                            | getattr(ssl, "VERIFY_X509_PARTIAL_CHAIN", 0x80000))
-    context.hostname_checks_common_name = False
-    context.minimum_version = ssl.TLSVersion.TLSv1_2  # as Go; 3.8 and 3.9 leave it to OpenSSL
-    return context
-
-
-def describe_failure(error):
-    """What went wrong with a connection, for a log line. A ValueError's text is not shown: it can
-    quote a header (the token) that http.client refused to send."""
-    if isinstance(error, ValueError) and not isinstance(error, OSError):  # (TLS errors are both)
-        return "the request could not be sent (%s)" % type(error).__name__
-    return clip(str(error) or type(error).__name__, 300)
-
-
 def kind_of_resource(group_version, resource):
     """`endpointslices.discovery.k8s.io`, `pods`: how RBAC rules and messages name a resource."""
     group = group_version.rpartition("/")[0]
@@ -1228,6 +1234,12 @@ def backoff(failures, interval, retry_after=None):
     import random
     delay = min(BACKOFF_LIMIT, interval * 2 ** max(failures - 1, 0)) * random.uniform(0.8, 1.2)
     return max(delay, retry_after or 0)
+
+
+# The kinds the checks read; a custom resource's kind comes from discovery (resource_for).
+BUILT_IN_KINDS = {("v1", "pods"): "Pod", ("v1", "endpoints"): "Endpoints",
+                  ("discovery.k8s.io/v1", "endpointslices"): "EndpointSlice",
+                  ("apps/v1", "daemonsets"): "DaemonSet", ("batch/v1", "jobs"): "Job"}
 
 
 def malformed(what, problem):
@@ -1298,6 +1310,10 @@ class Collection(types.SimpleNamespace):
     round), "get" (get by name every round, where list is refused) or "discovery".
     """
 
+    def holds(self, obj):
+        """An object of this read's kind (as the API server always says) that it selects."""
+        return obj.get("kind") == (self.kind or obj.get("kind")) and self.selects(obj)
+
     def selects(self, obj):
         """Whether an object really belongs to this read: a server that ignores a selector (or
         sends another namespace's objects) must not make a dependency met."""
@@ -1336,6 +1352,7 @@ class ApiReader:
         self.watch_refused = set()  # collection paths where watching is refused: poll them
         self.troubles = {}          # collection key -> [last error text, times seen]
         self.merged = {}            # a read's key -> the key of the merged read that answers it
+        self.kinds = dict(BUILT_IN_KINDS)  # (group version, resource) -> the kind it serves
 
     # What checks call ---------------------------------------------------------------------
 
@@ -1368,6 +1385,7 @@ class ApiReader:
             if not served:
                 return None
             self.settled[(group_version, kind)] = served[0]
+            self.kinds[(group_version, served[0]["name"])] = kind
             self.reads.discard(key)
         return self.settled[(group_version, kind)]
 
@@ -1481,6 +1499,7 @@ class ApiReader:
         else:
             mode = "poll"
         return Collection(key=key, group_version=group_version, resource=resource,
+                          kind=self.kinds.get((group_version, resource)),
                           namespace=namespace, name=name, query=query, mode=mode, path=path,
                           label_requirements=parse_selector(labels or ""),
                           field_requirement=parse_field_selector(fields) if fields else None,
@@ -1606,7 +1625,7 @@ class ApiReader:
                 if e.status != 404:
                     raise
                 return {}, version
-            if not is_object(obj) or not collection.selects(obj):
+            if not is_object(obj) or not collection.holds(obj):
                 raise malformed(what, "not the object asked for")
             version = dig(obj, "metadata", "resourceVersion")
             return {object_key(obj): obj}, version if isinstance(version, str) else None
@@ -1615,6 +1634,10 @@ class ApiReader:
             query = dict(query, resourceVersion=version, resourceVersionMatch="NotOlderThan")
         answer = self.client.get(collection.path, query)
         items = answer.get("items")
+        if answer.get("kind") != (collection.kind or "") + "List" \
+                and not (collection.kind is None and str(answer.get("kind")).endswith("List")):
+            raise malformed(what, "kind %s, not %sList" % (shown(answer.get("kind"), 40),
+                                                          collection.kind or "a "))
         if not isinstance(items, list) or not all(is_object(item) for item in items):
             raise malformed(what, "not a list of objects")
         version = dig(answer, "metadata", "resourceVersion")
@@ -1715,8 +1738,8 @@ class ApiReader:
         if kind == "BOOKMARK":
             collection.resource_version = version or collection.resource_version
             return
-        if not is_object(obj):
-            raise malformed(self._describe(collection), "an event without an object")
+        if not is_object(obj) or obj.get("kind") != (collection.kind or obj.get("kind")):
+            raise malformed(self._describe(collection), "an event without an object of its kind")
         with self.lock:
             if collection.items is None:
                 return  # a failed list is being redone; it will bring this change too
@@ -1830,6 +1853,128 @@ def versions(items):
         return None
     return {key: dig(obj, "metadata", "resourceVersion") or json.dumps(obj, sort_keys=True)
             for key, obj in items.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Files: a rendered config is written whole or not at all, never through a planted link, and
+# no stop signal leaves a temporary file behind.
+# --------------------------------------------------------------------------------------------
+
+def write_file_atomically(path, data):
+    """Write `data` (bytes) all or nothing: into a new temporary file, flushed to disk, then renamed
+    over `path`, so no reader ever sees half a file and a full disk leaves the old one in place.
+
+    The temporary file has a random name and is created exclusively, never through a symlink
+    another container may have planted. It keeps an existing file's mode (else 0644). A
+    single-file mount cannot be renamed over (EBUSY), and its directory may be read-only: there
+    the file is written in place (write_in_place).
+    """
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o644
+    with stop_signals_held():  # a signal between creating and removing the file would leak it
+        try:
+            fd, temporary = create_temporary_file(directory, os.path.basename(path))
+        except OSError as e:
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not os.path.isfile(path):
+                raise
+            return write_in_place(path, data)
+        try:
+            try:
+                os.fchmod(fd, mode)
+                write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, path)
+        except BaseException as e:  # a full disk: leave nothing behind
+            remove_quietly(temporary)
+            if not isinstance(e, OSError) or e.errno != errno.EBUSY:
+                raise
+            write_in_place(path, data)
+
+
+class stop_signals_held:
+    """Within it, the stop signals wait (blocked); they are handled the moment it ends."""
+
+    def __enter__(self):
+        self.previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signal_numbers())
+
+    def __exit__(self, *exc_info):
+        signal.pthread_sigmask(signal.SIG_SETMASK, self.previous)
+
+
+def create_temporary_file(directory, base):
+    """(fd, path) of a new file `.<base>.<random>.tmp`, created exclusively and without following
+    a symlink."""
+    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    for _ in range(100):
+        temporary = os.path.join(directory, ".%s.%s.tmp" % (base[:200], os.urandom(8).hex()))
+        try:
+            return os.open(temporary, flags, 0o600), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", directory)
+
+
+def write_all(fd, data):
+    """os.write until everything is written: a short count is not the end (a full disk raises)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
+def remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def write_in_place(path, data):
+    """Rewrite a file that cannot be replaced (a single-file mount). Nothing atomic is possible:
+    the new bytes are written over the old without truncating first, and if that fails the old
+    bytes are put back, so a full disk does not leave half a file."""
+    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    try:
+        old = b""
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            old += chunk
+        if old == data:
+            return
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            write_all(fd, data)
+            os.ftruncate(fd, len(data))
+            os.fsync(fd)
+        except BaseException:
+            try:
+                os.lseek(fd, 0, os.SEEK_SET)
+                write_all(fd, old)
+                os.ftruncate(fd, len(old))
+            except OSError:
+                pass
+            raise
+    finally:
+        os.close(fd)
+
+
+def read_bytes(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -2113,123 +2258,6 @@ def check_socket(dep, read):
     return MET
 
 
-def write_file_atomically(path, data):
-    """Write `data` (bytes) all or nothing: into a new temporary file, flushed to disk, then renamed
-    over `path`, so no reader ever sees half a file and a full disk leaves the old one in place.
-
-    The temporary file has a random name and is created exclusively, never through a symlink
-    another container may have planted. It keeps an existing file's mode (else 0644). A
-    single-file mount cannot be renamed over (EBUSY), and its directory may be read-only: there
-    the file is written in place (write_in_place).
-    """
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = 0o644
-    with stop_signals_held():  # a signal between creating and removing the file would leak it
-        try:
-            fd, temporary = create_temporary_file(directory, os.path.basename(path))
-        except OSError as e:
-            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM) or not os.path.isfile(path):
-                raise
-            return write_in_place(path, data)
-        try:
-            try:
-                os.fchmod(fd, mode)
-                write_all(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, path)
-        except BaseException as e:  # a full disk: leave nothing behind
-            remove_quietly(temporary)
-            if not isinstance(e, OSError) or e.errno != errno.EBUSY:
-                raise
-            write_in_place(path, data)
-
-
-class stop_signals_held:
-    """Within it, the stop signals wait (blocked); they are handled the moment it ends."""
-
-    def __enter__(self):
-        self.previous = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signal_numbers())
-
-    def __exit__(self, *exc_info):
-        signal.pthread_sigmask(signal.SIG_SETMASK, self.previous)
-
-
-def create_temporary_file(directory, base):
-    """(fd, path) of a new file `.<base>.<random>.tmp`, created exclusively and without following
-    a symlink."""
-    flags = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-             | getattr(os, "O_CLOEXEC", 0))
-    for _ in range(100):
-        temporary = os.path.join(directory, ".%s.%s.tmp" % (base[:200], os.urandom(8).hex()))
-        try:
-            return os.open(temporary, flags, 0o600), temporary
-        except FileExistsError:
-            continue
-    raise FileExistsError(errno.EEXIST, "no free temporary file name", directory)
-
-
-def write_all(fd, data):
-    """os.write until everything is written: a short count is not the end (a full disk raises)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view = view[written:]
-
-
-def remove_quietly(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def write_in_place(path, data):
-    """Rewrite a file that cannot be replaced (a single-file mount). Nothing atomic is possible:
-    the new bytes are written over the old without truncating first, and if that fails the old
-    bytes are put back, so a full disk does not leave half a file."""
-    fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
-    try:
-        old = b""
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            old += chunk
-        if old == data:
-            return
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            write_all(fd, data)
-            os.ftruncate(fd, len(data))
-            os.fsync(fd)
-        except BaseException:
-            try:
-                os.lseek(fd, 0, os.SEEK_SET)
-                write_all(fd, old)
-                os.ftruncate(fd, len(old))
-            except OSError:
-                pass
-            raise
-    finally:
-        os.close(fd)
-
-
-def read_bytes(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def check_config(dep, read):
     """The rendered template is written to its destination (retried while it cannot be).
 
@@ -2322,6 +2350,7 @@ def split_command(value):
 # --------------------------------------------------------------------------------------------
 
 MAX_REASON = 300  # characters of one reason in a log line
+STOP_RECHECK = 1.0  # seconds: the longest the wait goes without looking for a dropped Stop
 
 
 def evaluate(dependency, read):
@@ -2381,6 +2410,7 @@ class Waiting:
         # every round, only ever longer (never more requests than one per interval).
         next_round = self.clock() + self.interval * (0.1 + 0.9 * self.random())
         while True:
+            raise_if_stopped()
             for entry in list(self.pending):
                 reads = entry[1]
                 if reads is None or reads & changed or (new_round and not reads):
@@ -2391,7 +2421,7 @@ class Waiting:
             if now >= next_progress:
                 self._log_progress()
                 next_progress = now + progress_every
-            wake = min(next_round, next_progress) - now
+            wake = min(next_round, next_progress, now + STOP_RECHECK) - now
             in_use = set().union(*(reads for _, reads in self.pending))
             if self.read is None:
                 self.sleep(max(0.0, wake))
@@ -2686,6 +2716,21 @@ def on_stop_signal(signum, frame):
         raise Stop(signum)
 
 
+def raise_if_stopped():
+    """A signal handler runs wherever the main thread is, and a Stop raised inside a finalizer or
+    a weakref callback is dropped by Python: the signal is then only in STOPPING. The wait looks
+    here at least every STOP_RECHECK seconds, and so does the exec, so that it still stops."""
+    if STOPPING and STOPPING[0] is not None:
+        raise Stop(STOPPING[0])
+
+
+def drop_swallowed_stop(unraisable):
+    """sys.unraisablehook: a Stop that Python dropped is no error to print (see raise_if_stopped);
+    anything else is printed as Python would."""
+    if not isinstance(unraisable.exc_value, Stop):
+        sys.__unraisablehook__(unraisable)
+
+
 class CommandError(Exception):
     """The command cannot run: exit 127 (not found) or 126 (not executable), as a shell does."""
 
@@ -2739,6 +2784,7 @@ def restore_signals():
 def exec_command(argv, executable):
     """Replace this process with the command. An in-process `true`/`echo` returns its exit code;
     an exec that fails raises CommandError."""
+    raise_if_stopped()
     if executable is None:
         return run_in_process(argv)
     environment = command_environment()
@@ -2916,6 +2962,7 @@ def check_once(dependencies, read):
         dep.dry_run = True
         verdict = evaluate(dep, read)
         rows.append((one_line(str(dep)), "yes" if verdict.met else "no", one_line(verdict.reason)))
+    raise_if_stopped()
     width = max([len("DEPENDENCY")] + [len(row[0]) for row in rows])
     write(sys.stdout, "".join("%-*s  %-3s  %s\n" % ((width,) + row)
                               for row in [("DEPENDENCY", "MET", "REASON")] + rows))
@@ -2973,6 +3020,7 @@ def main(arguments=None, env=None):
                                       "ENTRYPOINT_TERMINATION_LOG", DEFAULT_TERMINATION_LOG).strip())
     try:
         del STOPPING[:]
+        sys.unraisablehook = drop_swallowed_stop
         for name in STOP_SIGNALS:
             signal.signal(getattr(signal, name), on_stop_signal)
         if EARLY_SIGNALS:  # it came while Python was still loading this file

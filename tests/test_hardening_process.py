@@ -304,6 +304,56 @@ def test_item16d_flood_of_stop_signals_while_stopping(tmp_path, spawn):
         assert not any(word in run.stderr for word in NOISE), run.stderr
 
 
+DROPPED_STOP = """
+import os, signal, sys, threading, weakref
+sys.path.insert(0, sys.argv[1])
+import kubernetes_entrypoint as ke
+
+class Thing:
+    pass
+
+held = [Thing()]
+
+def finalizer(ref):  # a weakref callback: Python prints and drops what is raised in one
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(100000):
+        pass
+
+ref = weakref.ref(held[0], finalizer)
+[kind] = [k for k in ke.KINDS if k.variable == "DEPENDENCY_SOCKET"]
+check = kind.check
+
+def check_dropping_the_thing(dep, read):
+    if held:
+        held.pop()  # the finalizer runs here, on the main thread, and the signal lands in it
+    return check(dep, read)
+
+kind.check = check_dropping_the_thing
+threading.Timer(1.0, open, [sys.argv[2], "w"]).start()  # the dependency is met a second later
+sys.exit(ke.main([], {"PATH": "/usr/bin:/bin", "DEPENDENCY_SOCKET": sys.argv[2],
+                      "ENTRYPOINT_POLL_INTERVAL": "30", "COMMAND": "echo the command ran",
+                      "ENTRYPOINT_TERMINATION_LOG": ""}))
+"""
+
+
+def test_item16e_a_stop_dropped_inside_a_finalizer_still_stops(tmp_path):
+    """A SIGTERM whose Stop is raised inside a weakref callback (Python drops exceptions there)
+    must still stop the wait, within about a second even with a 30 s poll interval, and the
+    command must not run once its dependency is met."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(DROPPED_STOP)
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", str(driver), os.path.dirname(SCRIPT),
+         str(tmp_path / "ready")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        universal_newlines=True, timeout=60)
+    assert result.returncode == 143, result.stdout + result.stderr
+    assert "the command ran" not in result.stdout
+    assert "stopped by SIGTERM" in result.stdout + result.stderr
+    assert not any(word in result.stderr for word in NOISE), result.stderr
+    assert time.monotonic() - started < 10
+
+
 # Item 17: a stop signal during the temporary file's write leaves no temporary file ----------
 
 @pytest.mark.parametrize("call", ["write", "fsync"])

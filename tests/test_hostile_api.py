@@ -184,6 +184,9 @@ WRONG_LISTS = {
     "items not objects": {"items": [1, 2]},
     "a Status": {"kind": "Status", "status": "Failure", "message": "x", "code": 500},
     "an item without a name": {"kind": "PodList", "items": [{"metadata": {}, "status": READY}]},
+    "a Status with items": {"kind": "Status", "status": "Failure", "code": 500, "items": []},
+    "items without a kind": {"items": []},
+    "a list of another kind": {"kind": "JobList", "apiVersion": "batch/v1", "items": []},
 }
 
 
@@ -207,6 +210,8 @@ WRONG_OBJECTS = {
                  "message": "x", "code": 500},
     "metadata not an object": {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": "w"},
     "another object": k8s.custom("example.com/v1", "Widget", "other", "default"),
+    "an object of another kind named w": dict(k8s.custom("example.com/v1", "Widget", "w",
+                                                         "default"), kind="Gadget"),
 }
 
 
@@ -229,6 +234,8 @@ BAD_EVENTS = {
     "object without metadata": {"type": "ADDED", "object": {"status": {"succeeded": 1}}},
     "object not an object": {"type": "ADDED", "object": "x"},
     "no object": {"type": "ADDED"},
+    "an object of another kind": {"type": "ADDED", "object": dict(
+        k8s.pod("j", labels={"job-name": "j"}), status={"succeeded": 1})},
 }
 
 

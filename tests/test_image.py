@@ -8,7 +8,6 @@ Without podman or the image the tests are skipped, except in CI (CI=true), where
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 
