@@ -98,12 +98,18 @@ def shown(value, limit=80):
 
 
 SECRETS = set()  # every token read: never printed, whatever text carries it
+TOKEN_PIECE = re.compile(r"[A-Za-z0-9._~+/-]{16,}")  # a run of the characters a token is made of
 
 
 def redact(text):
-    for secret in tuple(SECRETS):  # a copy: another thread may read a new token meanwhile
+    """The text without any token, whole or in part (a piece left where something cut it)."""
+    secrets = tuple(SECRETS)  # a copy: another thread may read a new token meanwhile
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, "[token]")
+    if secrets:
+        text = TOKEN_PIECE.sub(lambda m: "[token]" if any(m.group() in secret for secret in secrets)
+                               else m.group(), text)
     return text
 
 
@@ -309,8 +315,13 @@ def ip_address(host):
 
 
 def is_host(host):
-    """A host name or an IP address, as a URL may carry it."""
-    return ip_address(host) is not None or bool(HOST_NAME.fullmatch(host))
+    """A host name or an IP address, as a URL may carry it. A name whose last label is a number
+    (`1`, `127.1`, `0x7f`) is neither: the C library would take it for an address."""
+    if ip_address(host) is not None:
+        return True
+    last_label = host.rstrip(".").rpartition(".")[2]
+    return bool(HOST_NAME.fullmatch(host)) and not re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]*",
+                                                                  last_label)
 
 
 def is_loopback(host):
@@ -976,9 +987,9 @@ def api_server_url(env, variable_hint):
                                     "(Kubernetes sets it in every pod)" % variable_hint)
     if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise ConfigError("KUBERNETES_SERVICE_PORT", "%s is not a port number" % shown(port))
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    address = ip_address(bare)
-    if address is None and not HOST_NAME.fullmatch(bare):
+    bracketed = host.startswith("[") and host.endswith("]")
+    address = ip_address(host[1:-1] if bracketed else host)
+    if not (is_host(host) or bracketed and address is not None and address.version == 6):
         raise ConfigError("KUBERNETES_SERVICE_HOST", "%s is not a host name or address"
                           % shown(host))
     if address is not None and address.version == 6:
@@ -1137,7 +1148,7 @@ class ApiClient:
         status = status if isinstance(status, dict) else {}
         message, reason = status.get("message"), status.get("reason")
         if not isinstance(message, str) or not message:
-            message = body[:4096].decode("utf-8", "replace").strip() or "no message"
+            message = redact(body.decode("utf-8", "replace")).strip() or "no message"
         if not isinstance(reason, str) or not reason:
             reason = response.reason
         retry_after = (response.getheader("Retry-After") or "").strip()
@@ -2034,7 +2045,7 @@ def this_pod_not_found(dep):
 def this_pod_node(dep, read):
     """The node this pod runs on (spec.nodeName): set once the pod is scheduled, never changed."""
     pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name,
-                   settled=lambda pod: isinstance(dig(pod, "spec", "nodeName"), str))
+                   settled=lambda pod: bool(dig(pod, "spec", "nodeName")))
     if pod is None:
         return None, this_pod_not_found(dep)
     node = dig(pod, "spec", "nodeName")

@@ -751,9 +751,10 @@ class FakeKubeAPI:
     def token(self):
         return self._token
 
-    def rotate_token(self):
-        """Write a new token to sa_dir/token; old tokens stay valid until revoke_old_tokens()."""
-        token = secrets.token_urlsafe(32)
+    def rotate_token(self, token=None):
+        """Write a new token (random unless given) to sa_dir/token; old tokens stay valid until
+        revoke_old_tokens()."""
+        token = token or secrets.token_urlsafe(32)
         temporary = self.sa_dir / ".token.tmp"
         temporary.write_text(token)
         os.replace(str(temporary), str(self.sa_dir / "token"))  # readers never see half a token

@@ -188,7 +188,8 @@ def test_item13_valid_object_names_parse(tmp_path, variable, value):
 # Item 13: KUBERNETES_SERVICE_HOST and the ENTRYPOINT_* settings, end to end ---------------------
 
 @pytest.mark.parametrize("host", ["-1", "..", "a..b", "a" * 120000, "host name", "a-.com",
-                                  "a" * 64 + ".com"], ids=short)
+                                  "a" * 64 + ".com", "[1]", "[a]", "[127.0.0.1]", "1", "0",
+                                  "127.1", "0x7f000001", "a.b.017"], ids=short)
 def test_item13_invalid_api_host_exits_2(api, entrypoint, host):
     """issue 7 item 13: KUBERNETES_SERVICE_HOST must be an IP address or a DNS host name."""
     env = dict(api.env(), KUBERNETES_SERVICE_HOST=host, DEPENDENCY_SERVICE="x",
@@ -197,7 +198,8 @@ def test_item13_invalid_api_host_exits_2(api, entrypoint, host):
 
 
 @pytest.mark.parametrize("variable, value", [
-    ("ENTRYPOINT_API_SERVER", "https://127.0.0.1:0"),
+    ("ENTRYPOINT_API_SERVER", "https://127.0.0.1:0"), ("ENTRYPOINT_API_SERVER", "https://1:443"),
+    ("ENTRYPOINT_API_SERVER", "http://127.1:8001"),
     ("ENTRYPOINT_POLL_INTERVAL", "1e-9"), ("ENTRYPOINT_POLL_INTERVAL", "0.01"),
     ("ENTRYPOINT_POLL_INTERVAL", "0.099"),
     ("ENTRYPOINT_PROGRESS_INTERVAL", "0.5"), ("ENTRYPOINT_PROGRESS_INTERVAL", "1e-9"),

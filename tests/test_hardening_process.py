@@ -167,13 +167,18 @@ def test_item2_planted_symlinks_at_guessable_temporary_names_are_not_followed(tm
 
 # Item 14: a pod read before it is scheduled is read again ----------------------------------
 
+@pytest.mark.parametrize("node_name", ["absent", "empty"])
 @pytest.mark.parametrize("watch", ["allowed", "denied"])
-def test_item14_pod_read_before_scheduling_is_not_cached_as_unscheduled(api, entrypoint, watch):
+def test_item14_pod_read_before_scheduling_is_not_cached_as_unscheduled(api, entrypoint, watch,
+                                                                        node_name):
     """issue 7 item 14: this pod has no node when first read; it gets one while waiting."""
     if watch == "denied":
         api.deny("watch", "pods")
         api.deny("watch", "daemonsets")
-    api.put(k8s.pod("me"))  # not scheduled yet
+    pod = k8s.pod("me")  # not scheduled yet
+    if node_name == "empty":
+        pod["spec"]["nodeName"] = ""
+    api.put(pod)
     api.put(k8s.daemonset("ovs", "infra", match_labels={"app": "ovs"}))
     api.put(k8s.pod("ovs-a", "infra", labels={"app": "ovs"}, node="node-a"))  # not ready
     env = SCENARIOS["daemonset"][0]

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import pytest
 
 import fakeapi as k8s
+import kubernetes_entrypoint as ke
 from conftest import wait_for
 from test_fakeapi import fetch, fetch_json
 from test_process import SCENARIOS, service_met, this_pod, wait_until_waiting
@@ -574,6 +575,29 @@ def test_token_echoed_where_a_message_is_cut_is_not_printed_in_part(api, entrypo
         run.finish()
         api.clear_faults()
         assert api.token[:12] not in run.stdout + run.stderr
+
+
+def test_long_token_echoed_in_a_plain_text_error_is_not_printed_in_part(api, entrypoint):
+    """A token longer than the part of an error body that is kept: taken out before any cut."""
+    import secrets
+    api.rotate_token(secrets.token_urlsafe(3750))  # 5000 characters
+    api.put(k8s.job("j", active=1))
+    api.inject(status=500, body=("Authorization: Bearer %s\n" % api.token).encode(),
+               match="/jobs", times=None)
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="j", ENTRYPOINT_TIMEOUT="1.5", **FAST))
+    run.finish()
+    assert "[token]" in run.stdout
+    for start in range(0, len(api.token) - 16, 16):
+        assert api.token[start:start + 16] not in run.stdout + run.stderr
+
+
+def test_pieces_of_a_token_are_redacted(monkeypatch):
+    token = "eyJhbGciOiJSUzI1NiJ9." + "A1b2C3d4" * 20
+    monkeypatch.setattr(ke, "SECRETS", {token})
+    assert ke.redact("whole %s here" % token) == "whole [token] here"
+    assert ke.redact("cut: %s" % token[:60]) == "cut: [token]"
+    assert ke.redact("cut: %s (end)" % token[-40:]) == "cut: [token] (end)"
+    assert ke.redact("/api/v1/namespaces/default/pods") == "/api/v1/namespaces/default/pods"
 
 
 def test_endless_stream_of_new_objects_is_bounded(api, entrypoint):
