@@ -2362,6 +2362,7 @@ def split_command(value):
 
 MAX_REASON = 300  # characters of one reason in a log line
 STOP_RECHECK = 1.0  # seconds: the longest the wait goes without looking for a dropped Stop
+PROGRESS_SHOWN = 5  # unmet dependencies named in a progress line
 
 
 def evaluate(dependency, read):
@@ -2462,9 +2463,13 @@ class Waiting:
                 self.on_reason(dep, verdict.reason)
 
     def _log_progress(self):
+        """One line, naming a few of the unmet dependencies (a thousand Jobs make no 88 KB line);
+        the timeout's report lists them all, one line each."""
+        unmet = ["%s: %s" % item for item in self.unmet()]
+        if len(unmet) > PROGRESS_SHOWN:
+            unmet[PROGRESS_SHOWN - 1:] = ["and %d more" % (len(unmet) - PROGRESS_SHOWN + 1)]
         log("INFO", "Still waiting after %s for %d of %d dependencies: %s" % (
-            duration(self.waited()), len(self.pending), len(self.dependencies),
-            "; ".join("%s: %s" % item for item in self.unmet())))
+            duration(self.waited()), len(self.pending), len(self.dependencies), "; ".join(unmet)))
 
 
 def duration(seconds):

@@ -85,6 +85,18 @@ def test_progress_lines_say_what_is_unmet_and_for_how_long(api, entrypoint):
                      r"Service mariadb in namespace openstack: 0 of 2 endpoints ready$", progress[0])
 
 
+def test_progress_line_names_a_few_of_many(entrypoint, tmp_path):
+    """A thousand unmet dependencies make one short progress line; the timeout lists them all."""
+    paths = [str(tmp_path / ("socket-%04d" % i)) for i in range(1000)]
+    run = entrypoint({"DEPENDENCY_SOCKET": ",".join(paths), "ENTRYPOINT_PROGRESS_INTERVAL": "1",
+                      "ENTRYPOINT_TIMEOUT": "1.8"})
+    assert run.finish() == 1
+    [progress] = [line for line in run.stdout.splitlines() if "Still waiting" in line]
+    assert progress.endswith("; and 996 more") and progress.count("socket-") == 4
+    assert len(progress) < 1000
+    assert (run.stdout + run.stderr).count("still unmet: ") == 1000
+
+
 def test_json_logs(api, entrypoint):
     run = entrypoint(dict(unmet_service(api), ENTRYPOINT_LOG_FORMAT="json", ENTRYPOINT_TIMEOUT="0.5"))
     assert run.finish() == 1
