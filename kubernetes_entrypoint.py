@@ -214,7 +214,7 @@ class Settings(types.SimpleNamespace):
 
 def read_settings(env):
     """Collect the non-dependency variables; NAMESPACE falls back to the service account's namespace."""
-    sa_dir = env.get("ENTRYPOINT_SERVICEACCOUNT_DIR") or DEFAULT_SERVICEACCOUNT_DIR
+    sa_dir = env.get("ENTRYPOINT_SERVICEACCOUNT_DIR", "").strip() or DEFAULT_SERVICEACCOUNT_DIR
     namespace = env.get("NAMESPACE", "").strip()
     if namespace:
         check_name("NAMESPACE", namespace, "namespace", LABEL_NAME)
@@ -232,7 +232,7 @@ def read_settings(env):
         pod_name=pod_name,
         interface=env.get("INTERFACE_NAME", "").strip(),
         serviceaccount_dir=sa_dir,
-        configmaps_dir=env.get("ENTRYPOINT_CONFIGMAPS_DIR") or DEFAULT_CONFIGMAPS_DIR,
+        configmaps_dir=env.get("ENTRYPOINT_CONFIGMAPS_DIR", "").strip() or DEFAULT_CONFIGMAPS_DIR,
         poll_interval=seconds_setting(env, "ENTRYPOINT_POLL_INTERVAL", POLL_INTERVAL, 0.1, 3600),
         timeout=seconds_setting(env, "ENTRYPOINT_TIMEOUT", 0, 0, YEAR),
         progress_interval=seconds_setting(env, "ENTRYPOINT_PROGRESS_INTERVAL", 30, 1, YEAR,
@@ -582,13 +582,20 @@ def parse_custom_resources(variable, value, settings):
         check_name(variable, kind, "kind (CamelCase letters and digits)", KIND_NAME)
         check_custom_resource_name(variable, name)
         namespace = json_namespace(variable, entry, settings)
+        fields = json_pairs(variable, entry, "fields", "key", "value")
+        for key, _ in fields:
+            if not FIELD_PATH.fullmatch(key):
+                raise ConfigError(variable, "field key %s is not a dotted path such as "
+                                            "status.phase" % shown(key))
         deps.append(Dependency(
             needs_api=True, api_version=api_version, resource_kind=kind,
-            name=name, namespace=namespace,
-            fields=json_pairs(variable, entry, "fields", "key", "value"),
+            name=name, namespace=namespace, fields=fields,
             conditions=json_pairs(variable, entry, "conditions", "type", "status", "True"),
             label="%s %s in namespace %s" % (kind, name, namespace)))
     return deps
+
+
+FIELD_PATH = re.compile(r"[^.\s]+(?:\.[^.\s]+)*")  # status.phase: no empty part, no blank
 
 
 def check_custom_resource_name(variable, name):

@@ -146,6 +146,27 @@ def test_item12_valid_custom_resource_parses(tmp_path, key, value):
     assert key != "name" or dep.name == value
 
 
+@pytest.mark.parametrize("key", ["a..b", ".a", "a.", " ", "status. phase", "a\nb"], ids=short)
+def test_item12_field_key_that_no_object_can_have_is_an_error(tmp_path, key):
+    """A field key is a dotted path into the object; an empty or blank part can never be met."""
+    error = config_error(tmp_path, DEPENDENCY_CUSTOM_RESOURCE=custom_resource(
+        fields=[{"key": key, "value": "x"}]))
+    assert error.variable == "DEPENDENCY_CUSTOM_RESOURCE" and "dotted path" in str(error)
+
+
+def test_item12_field_keys_as_objects_have_them(tmp_path):
+    [dep] = parse(tmp_path, DEPENDENCY_CUSTOM_RESOURCE=custom_resource(fields=[
+        {"key": "status.phase", "value": "Ready"}, {"key": "spec.x-y_z:1", "value": 1}]))
+    assert dep.fields == [("status.phase", "Ready"), ("spec.x-y_z:1", "1")]
+
+
+def test_directory_settings_are_trimmed(tmp_path):
+    settings = ke.read_settings({"ENTRYPOINT_CONFIGMAPS_DIR": " /etc/maps \n",
+                                 "ENTRYPOINT_SERVICEACCOUNT_DIR": "\t/sa "})
+    assert settings.configmaps_dir == "/etc/maps"
+    assert settings.serviceaccount_dir == "/sa"
+
+
 def test_item12_invalid_custom_resource_end_to_end(api, entrypoint):
     """issue 7 item 12: a query string smuggled into apiVersion is exit 2 at start."""
     env = dict(api.env(), ENTRYPOINT_TIMEOUT="2",
