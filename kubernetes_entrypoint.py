@@ -93,24 +93,45 @@ def one_line(text):
 
 def shown(value, limit=80):
     """A value from the environment or the server, quoted and cut short for an error line."""
-    text = repr(value)
+    text = redact(repr(value))  # before the cut, as in clip()
     return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
-SECRETS = set()  # every token read: never printed, whatever text carries it
-TOKEN_PIECE = re.compile(r"[A-Za-z0-9._~+/-]{16,}")  # a run of the characters a token is made of
+SECRETS = set()        # every token read: never printed, whatever text carries it
+SECRET_PIECES = set()  # every PIECE characters in a row of each: a piece of one is found too
+PIECE = 16
+TOKEN_RUN = re.compile(r"[A-Za-z0-9._~+/=-]{%d,}" % PIECE)  # characters a token is made of
+
+
+def keep_secret(token):
+    SECRETS.add(token)
+    SECRET_PIECES.update(token[i:i + PIECE] for i in range(len(token) - PIECE + 1))
 
 
 def redact(text):
-    """The text without any token, whole or in part (a piece left where something cut it)."""
-    secrets = tuple(SECRETS)  # a copy: another thread may read a new token meanwhile
-    for secret in secrets:
+    """The text without any token, whole or in part: a piece that something cut (or a server
+    echoed) is taken out too, whatever stands around it."""
+    for secret in tuple(SECRETS):  # a copy: another thread may read a new token meanwhile
         if secret in text:
             text = text.replace(secret, "[token]")
-    if secrets:
-        text = TOKEN_PIECE.sub(lambda m: "[token]" if any(m.group() in secret for secret in secrets)
-                               else m.group(), text)
-    return text
+    return TOKEN_RUN.sub(hide_pieces, text) if SECRET_PIECES else text
+
+
+def hide_pieces(match):
+    """The run of token characters with every stretch that is part of a token as [token]."""
+    run = match.group()
+    hidden = [False] * len(run)
+    for start in range(len(run) - PIECE + 1):
+        if run[start:start + PIECE] in SECRET_PIECES:
+            hidden[start:start + PIECE] = [True] * PIECE
+    if not any(hidden):
+        return run
+    parts, start = [], 0
+    for end in range(1, len(run) + 1):
+        if end == len(run) or hidden[end] != hidden[start]:
+            parts.append("[token]" if hidden[start] else run[start:end])
+            start = end
+    return "".join(parts)
 
 
 def clip(text, limit):
@@ -292,7 +313,9 @@ def api_server_setting(url):
         port = parts.port
     except ValueError:
         parts = port = None
+    bracketed = re.search(r"\[(.*)\]", parts.netloc) if parts is not None else None
     if (parts is None or parts.scheme not in ("http", "https") or not parts.hostname
+            or bracketed and getattr(ip_address(bracketed.group(1)), "version", 0) != 6
             or port == 0 or "@" in parts.netloc or parts.query or parts.fragment
             or CONTROL_CHARACTERS.search(url) or " " in url
             or not is_host(parts.hostname)):
@@ -816,6 +839,7 @@ def start_thread(thread):
 
 
 LOOKUPS = {}  # (host, port): the name lookup under way, which the next request waits for too
+LOOKUP_KEPT = 60.0  # seconds the answer of a lookup that ended after its request gave up is used
 LOOKUPS_LOCK = threading.Lock()
 
 
@@ -827,16 +851,21 @@ def addresses(host, port, deadline):
     def look_up():
         try:
             lookup.answer = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except OSError as e:
-            lookup.answer = e
+        except Exception as e:  # (an idna error is a ValueError)
+            lookup.answer = e if isinstance(e, OSError) else OSError(str(e))
+        lookup.finished = time.monotonic()
 
     if ip_address(host) is not None:  # nothing to look up
         return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     with LOOKUPS_LOCK:
         lookup = LOOKUPS.get((host, port))
+        if lookup is not None and not lookup.is_alive() and (
+                isinstance(lookup.answer, OSError)
+                or time.monotonic() - lookup.finished > LOOKUP_KEPT):
+            lookup = None  # one that nobody waited for to the end: a failure, or too old
         if lookup is None:
             lookup = threading.Thread(target=look_up, name="lookup", daemon=True)
-            lookup.answer = None
+            lookup.answer, lookup.finished = None, 0.0
             try:
                 start_thread(lookup)
             except RuntimeError:  # no thread to spare (a low pids limit): look up in this one
@@ -943,7 +972,8 @@ TOKEN_TEXT = re.compile(r"[A-Za-z0-9._~+/-]{1,65536}=*")
 class TokenFile:
     """The service-account token, reread every minute (the kubelet rotates it) and on demand.
 
-    A token is never printed: each one read joins SECRETS, which every output line is cleaned of.
+    A token is never printed: each one read is kept as a secret, which every output line is
+    cleaned of (see redact).
     """
 
     def __init__(self, path, clock=time.monotonic):
@@ -968,7 +998,7 @@ class TokenFile:
                                        "or is too long)")
         if value:
             self.value = value.decode("ascii")
-            SECRETS.add(self.value)
+            keep_secret(self.value)
             self.read_at, self.problem = self.clock(), None
         elif required:
             raise ConfigError("ENTRYPOINT_SERVICEACCOUNT_DIR",
@@ -1258,6 +1288,17 @@ def backoff(failures, interval, retry_after=None):
 BUILT_IN_KINDS = {("v1", "pods"): "Pod", ("v1", "endpoints"): "Endpoints",
                   ("discovery.k8s.io/v1", "endpointslices"): "EndpointSlice",
                   ("apps/v1", "daemonsets"): "DaemonSet", ("batch/v1", "jobs"): "Job"}
+
+
+def is_list_of(answer, items, collection):
+    """A list of the collection's kind, as the API server says it: `<Kind>List`, exactly so for
+    the kinds the checks read. A custom resource's CRD may name its list kind otherwise
+    (spec.names.listKind), but its items always say their kind, and must say this one."""
+    if answer.get("kind") == "%sList" % collection.kind:
+        return all(item.get("kind", collection.kind) == collection.kind for item in items)
+    return ((collection.group_version, collection.resource) not in BUILT_IN_KINDS
+            and answer.get("kind") != "Status"
+            and all(item.get("kind") == collection.kind for item in items))
 
 
 def malformed(what, problem):
@@ -1652,12 +1693,11 @@ class ApiReader:
             query = dict(query, resourceVersion=version, resourceVersionMatch="NotOlderThan")
         answer = self.client.get(collection.path, query)
         items = answer.get("items")
-        if answer.get("kind") != (collection.kind or "") + "List" \
-                and not (collection.kind is None and str(answer.get("kind")).endswith("List")):
-            raise malformed(what, "kind %s, not %sList" % (shown(answer.get("kind"), 40),
-                                                          collection.kind or "a "))
         if not isinstance(items, list) or not all(is_object(item) for item in items):
             raise malformed(what, "not a list of objects")
+        if not is_list_of(answer, items, collection):
+            raise malformed(what, "kind %s, not a list of %s objects"
+                            % (shown(answer.get("kind"), 40), collection.kind))
         version = dig(answer, "metadata", "resourceVersion")
         return ({object_key(item): item for item in items if collection.selects(item)},
                 version if isinstance(version, str) else None)
@@ -2052,7 +2092,8 @@ def this_pod_not_found(dep):
 def this_pod_node(dep, read):
     """The node this pod runs on (spec.nodeName): set once the pod is scheduled, never changed."""
     pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name,
-                   settled=lambda pod: bool(dig(pod, "spec", "nodeName")))
+                   settled=lambda pod: dig(pod, "spec", "nodeName") not in (None, "")
+                   and isinstance(dig(pod, "spec", "nodeName"), str))
     if pod is None:
         return None, this_pod_not_found(dep)
     node = dig(pod, "spec", "nodeName")
@@ -2369,7 +2410,7 @@ def split_command(value):
 
 MAX_REASON = 300  # characters of one reason in a log line
 STOP_RECHECK = 1.0  # seconds: the longest the wait goes without looking for a dropped Stop
-PROGRESS_SHOWN = 5  # unmet dependencies named in a progress line
+PROGRESS_SHOWN = 5  # a progress line names 5 unmet dependencies, or 4 and "and N more"
 
 
 def evaluate(dependency, read):
@@ -2807,33 +2848,34 @@ def restore_signals():
 def exec_command(argv, executable):
     """Replace this process with the command. An in-process `true`/`echo` returns its exit code;
     an exec that fails raises CommandError."""
-    raise_if_stopped()
     if executable is None:
+        raise_if_stopped()
         return run_in_process(argv)
-    environment = command_environment()
-    restore_signals()
+    restore_locale_variable()
+    restore_signals()  # from here a stop signal has its default effect...
+    raise_if_stopped()  # ... and one whose Stop Python dropped before is acted on here
     try:
-        os.execve(executable, argv, environment)
+        os.execv(executable, argv)
     except OSError as e:
         raise CommandError(127 if e.errno == errno.ENOENT else 126,
                            "COMMAND: cannot execute %s: %s" % (executable, e.strerror or e))
 
 
-def command_environment(started_with="/proc/self/environ"):
-    """The environment as the container gave it. Where the locale is C, Python sets LC_CTYPE to
-    C.UTF-8 in its own at start (PEP 538): the command gets LC_CTYPE as it was, or not at all."""
-    environment = dict(os.environ)
+def restore_locale_variable(started_with="/proc/self/environ"):
+    """Where the locale is C, Python sets LC_CTYPE to C.UTF-8 in its environment at start (PEP
+    538). The command gets LC_CTYPE as the container gave it, or none; the rest of the
+    environment goes to it untouched, as exec passes it on."""
     try:
         with open(started_with, "rb") as f:
             original = f.read()
     except OSError:
-        return environment  # no /proc: nothing known to undo
-    environment.pop("LC_CTYPE", None)
-    for entry in original.split(b"\0"):
-        if entry.startswith(b"LC_CTYPE="):
-            environment["LC_CTYPE"] = os.fsdecode(entry[len(b"LC_CTYPE="):])
-            break  # the first one is the one getenv() sees
-    return environment
+        return  # no /proc: nothing known to undo
+    given = [entry[len(b"LC_CTYPE="):] for entry in original.split(b"\0")
+             if entry.startswith(b"LC_CTYPE=")]
+    if given:
+        os.environb[b"LC_CTYPE"] = given[0]  # the first one is the one getenv() sees
+    else:
+        os.environ.pop("LC_CTYPE", None)
 
 
 SETTINGS_HELP = [

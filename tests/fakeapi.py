@@ -649,6 +649,7 @@ class FakeKubeAPI:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._types = {}          # (group_version, resource) -> ResourceType
+        self._list_kinds = {}     # custom resources: (group_version, resource) -> a list's kind
         self._objects = {}        # (group_version, resource) -> {(namespace, name): object}
         self._rv = 0
         self._history = collections.deque()
@@ -774,11 +775,15 @@ class FakeKubeAPI:
 
     # -- resource types ----------------------------------------------------
 
-    def register_resource(self, group_version, resource, kind, namespaced=True):
-        """Serve a resource (e.g. a CRD's); it appears in discovery from now on."""
+    def register_resource(self, group_version, resource, kind, namespaced=True, list_kind=None):
+        """Serve a resource; it appears in discovery from now on. One not built in is a custom
+        resource, as a CRD makes it: its list is of kind `list_kind` (the CRD's
+        spec.names.listKind, <Kind>List by default), and its items keep apiVersion and kind."""
         rtype = ResourceType(group_version, resource, kind, namespaced)
         with self._lock:
             self._types[rtype.key] = rtype
+            if rtype not in BUILTIN_RESOURCES:
+                self._list_kinds[rtype.key] = list_kind or kind + "List"
             self._objects.setdefault(rtype.key, {})
         return rtype
 
@@ -891,10 +896,12 @@ class FakeKubeAPI:
         with self._lock:
             store, version = frozen if frozen else (self._objects, self._rv)
             objects = sorted(store.get(selection.rtype.key, {}).items())
-            items = [{field: value for field, value in obj.items() if field not in ("kind", "apiVersion")}
+            custom = self._list_kinds.get(selection.rtype.key)
+            items = [{field: value for field, value in obj.items()
+                      if custom or field not in ("kind", "apiVersion")}
                      for _, obj in objects if selection.selects(obj)]
             return {
-                "kind": selection.rtype.kind + "List",
+                "kind": custom or selection.rtype.kind + "List",
                 "apiVersion": selection.rtype.group_version,
                 "metadata": {"resourceVersion": str(version)},
                 "items": items,

@@ -9,6 +9,7 @@ import trustme
 
 import fakeapi as k8s
 import kubernetes_entrypoint as ke
+from conftest import wait_for
 
 
 def client_for(api, **kwargs):
@@ -254,6 +255,31 @@ def test_a_name_lookup_that_never_ends_is_abandoned_and_never_started_twice(api,
         client.get("/api/v1")
     assert "not trusted: Hostname mismatch" in str(caught.value) and calls == ["stuck.invalid"]
     assert not ke.LOOKUPS
+
+
+def test_a_lookup_that_failed_after_its_request_gave_up_is_not_reused(api, monkeypatch):
+    import socket
+    release, calls, real = threading.Event(), [], socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "flaky.invalid":
+            return real(host, port, *args, **kwargs)
+        calls.append(host)
+        if len(calls) == 1:
+            release.wait()
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    client = ke.ApiClient("https://flaky.invalid:%d" % api.port, str(api.sa_dir), timeout=0.5)
+    with pytest.raises(ke.ApiError) as caught:
+        client.get("/api/v1")
+    assert "timed out" in str(caught.value) or "within 0.5s" in str(caught.value)
+    release.set()
+    wait_for(lambda: not any(t.name == "lookup" for t in threading.enumerate()))
+    with pytest.raises(ke.ApiError) as caught:  # a fresh lookup, which reaches the server
+        client.get("/api/v1")
+    assert "not trusted: Hostname mismatch" in str(caught.value) and len(calls) == 2
 
 
 def test_a_failed_name_lookup_is_a_reason(api, monkeypatch):

@@ -221,6 +221,8 @@ def test_item13_invalid_api_host_exits_2(api, entrypoint, host):
 @pytest.mark.parametrize("variable, value", [
     ("ENTRYPOINT_API_SERVER", "https://127.0.0.1:0"), ("ENTRYPOINT_API_SERVER", "https://1:443"),
     ("ENTRYPOINT_API_SERVER", "http://127.1:8001"),
+    ("ENTRYPOINT_API_SERVER", "https://[10.0.0.1]:6443"),
+    ("ENTRYPOINT_API_SERVER", "https://[kubernetes.default.svc]:443"),
     ("ENTRYPOINT_POLL_INTERVAL", "1e-9"), ("ENTRYPOINT_POLL_INTERVAL", "0.01"),
     ("ENTRYPOINT_POLL_INTERVAL", "0.099"),
     ("ENTRYPOINT_PROGRESS_INTERVAL", "0.5"), ("ENTRYPOINT_PROGRESS_INTERVAL", "1e-9"),

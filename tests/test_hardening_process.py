@@ -167,7 +167,7 @@ def test_item2_planted_symlinks_at_guessable_temporary_names_are_not_followed(tm
 
 # Item 14: a pod read before it is scheduled is read again ----------------------------------
 
-@pytest.mark.parametrize("node_name", ["absent", "empty"])
+@pytest.mark.parametrize("node_name", ["absent", "empty", "not a string"])
 @pytest.mark.parametrize("watch", ["allowed", "denied"])
 def test_item14_pod_read_before_scheduling_is_not_cached_as_unscheduled(api, entrypoint, watch,
                                                                         node_name):
@@ -176,8 +176,8 @@ def test_item14_pod_read_before_scheduling_is_not_cached_as_unscheduled(api, ent
         api.deny("watch", "pods")
         api.deny("watch", "daemonsets")
     pod = k8s.pod("me")  # not scheduled yet
-    if node_name == "empty":
-        pod["spec"]["nodeName"] = ""
+    if node_name != "absent":
+        pod["spec"]["nodeName"] = "" if node_name == "empty" else 7
     api.put(pod)
     api.put(k8s.daemonset("ovs", "infra", match_labels={"app": "ovs"}))
     api.put(k8s.pod("ovs-a", "infra", labels={"app": "ovs"}, node="node-a"))  # not ready

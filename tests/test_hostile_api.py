@@ -497,6 +497,29 @@ def test_item_22_discovered_resource_name_is_checked(api, entrypoint, name):
 
 # Item 12 (on the wire): a name with a comma is escaped in the fieldSelector ----------------
 
+def test_custom_resource_whose_crd_names_its_own_list_kind(api, entrypoint):
+    """A CRD may set spec.names.listKind to anything; its items still say their kind."""
+    api.register_resource("mygroup.example.com/v1beta1", "noxus", "WishIHadChosenNoxu",
+                          list_kind="NoxuItemList")
+    api.put(k8s.custom("mygroup.example.com/v1beta1", "WishIHadChosenNoxu", "n1", "default"))
+    entrypoint(dict(api.env(), DEPENDENCY_CUSTOM_RESOURCE=json.dumps([{
+        "apiVersion": "mygroup.example.com/v1beta1", "kind": "WishIHadChosenNoxu",
+        "name": "n1"}]), **FAST)).assert_execd()
+
+
+def test_custom_resource_list_with_an_item_of_another_kind_is_malformed(api, entrypoint):
+    api.register_resource("example.com/v1", "widgets", "Widget")
+    api.deny("watch", "widgets")
+    run = entrypoint(dict(api.env(), DEPENDENCY_CUSTOM_RESOURCE=json.dumps([{
+        "apiVersion": "example.com/v1", "kind": "Widget", "name": "w"}]), **FAST))
+    wait_until_waiting(api)
+    other = dict(k8s.custom("example.com/v1", "Widget", "w", "default"), kind="Gadget")
+    rule = api.inject(status=200, body=as_json(list_body("WidgetList", other)), match="/widgets",
+                      times=None)
+    assert_waits_out_the_fault(api, run, rule, served=2, met=lambda api: api.put(
+        k8s.custom("example.com/v1", "Widget", "w", "default")))
+
+
 def test_item_12_custom_resource_named_with_a_comma(api, entrypoint):
     """Issue 7 item 12: `metadata.name=a,b` would be two requirements; the name is escaped."""
     api.register_resource("example.com/v1", "widgets", "Widget")
@@ -592,12 +615,20 @@ def test_long_token_echoed_in_a_plain_text_error_is_not_printed_in_part(api, ent
 
 
 def test_pieces_of_a_token_are_redacted(monkeypatch):
-    token = "eyJhbGciOiJSUzI1NiJ9." + "A1b2C3d4" * 20
-    monkeypatch.setattr(ke, "SECRETS", {token})
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJrdWJlcm5ldGVzIn0." + "".join(
+        "%02x" % (i * 37 % 256) for i in range(60))
+    monkeypatch.setattr(ke, "SECRETS", set())
+    monkeypatch.setattr(ke, "SECRET_PIECES", set())
+    ke.keep_secret(token)
     assert ke.redact("whole %s here" % token) == "whole [token] here"
     assert ke.redact("cut: %s" % token[:60]) == "cut: [token]"
     assert ke.redact("cut: %s (end)" % token[-40:]) == "cut: [token] (end)"
-    assert ke.redact("/api/v1/namespaces/default/pods") == "/api/v1/namespaces/default/pods"
+    assert ke.redact("kind %s...'" % token[30:70]) == "kind [token]...'"  # dots stuck to it
+    assert ke.redact("x/%s/y" % token[50:80]) == "x/[token]/y"
+    assert token[100:140] not in ke.shown(token[100:], 40)
+    for text in ("/api/v1/namespaces/default/pods?labelSelector=app%3Dx",
+                 "resourceVersion 1234567890123456789", "kubernetes.default.svc.cluster.local"):
+        assert ke.redact(text) == text
 
 
 def test_endless_stream_of_new_objects_is_bounded(api, entrypoint):

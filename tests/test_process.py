@@ -363,3 +363,25 @@ def test_command_gets_the_locale_variables_as_given(entrypoint, given):
     seen = dict(line.split("=", 1) for line in run.stdout.splitlines() if "=" in line
                 and line.split("=", 1)[0] in ("LANG", "LC_CTYPE", "LC_ALL"))
     assert seen == given
+
+
+def test_command_gets_the_environment_as_exec_passes_it(tmp_path):
+    """Entries an environment may hold that no dict can (a name twice, an entry without '=') pass
+    to the command as they came; only Python's LC_CTYPE is undone."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import ctypes, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "args = [sys.executable, '-I', '-S', sys.argv[1]]\n"
+        "env = [b'PATH=/usr/bin:/bin', b'COMMAND=/usr/bin/env', b'DUP=first', b'DUP=second',\n"
+        "       b'NOEQUALS', b'LANG=C']\n"
+        "argv = (ctypes.c_char_p * (len(args) + 1))(*[a.encode() for a in args], None)\n"
+        "envp = (ctypes.c_char_p * (len(env) + 1))(*env, None)\n"
+        "libc.execve(args[0].encode(), argv, envp)\n")
+    result = subprocess.run([sys.executable, str(driver), SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines.count("DUP=first") == 1 and lines.count("DUP=second") == 1
+    assert "NOEQUALS" in lines and "LANG=C" in lines
+    assert not [line for line in lines if line.startswith("LC_CTYPE=")]
