@@ -1371,7 +1371,10 @@ class Collection(types.SimpleNamespace):
 
     def holds(self, obj):
         """An object of this read's kind (as the API server always says) that it selects."""
-        return obj.get("kind") == (self.kind or obj.get("kind")) and self.selects(obj)
+        return self.of_kind(obj) and self.selects(obj)
+
+    def of_kind(self, obj):
+        return obj.get("kind") == (self.kind or obj.get("kind"))
 
     def selects(self, obj):
         """Whether an object really belongs to this read: a server that ignores a selector (or
@@ -1796,7 +1799,7 @@ class ApiReader:
         if kind == "BOOKMARK":
             collection.resource_version = version or collection.resource_version
             return
-        if not is_object(obj) or obj.get("kind") != (collection.kind or obj.get("kind")):
+        if not is_object(obj) or not collection.of_kind(obj):
             raise malformed(self._describe(collection), "an event without an object of its kind")
         with self.lock:
             if collection.items is None:
@@ -2089,15 +2092,20 @@ def this_pod_not_found(dep):
                    % (dep.pod_name, dep.pod_namespace))
 
 
+def node_of(pod):
+    """spec.nodeName, or None while the pod is not scheduled (absent, empty, or not a name)."""
+    node = dig(pod, "spec", "nodeName")
+    return node if isinstance(node, str) and node else None
+
+
 def this_pod_node(dep, read):
     """The node this pod runs on (spec.nodeName): set once the pod is scheduled, never changed."""
     pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name,
-                   settled=lambda pod: dig(pod, "spec", "nodeName") not in (None, "")
-                   and isinstance(dig(pod, "spec", "nodeName"), str))
+                   settled=lambda pod: node_of(pod) is not None)
     if pod is None:
         return None, this_pod_not_found(dep)
-    node = dig(pod, "spec", "nodeName")
-    if not node or not isinstance(node, str):
+    node = node_of(pod)
+    if node is None:
         return None, not_met("this pod %s is not scheduled to a node yet" % dep.pod_name)
     return node, None
 
