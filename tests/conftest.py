@@ -1,9 +1,14 @@
-"""Shared fixtures: the fake API server, and running the entrypoint as an operator does."""
+"""Shared fixtures and helpers: the fake API server, plain requests to it, and running the
+entrypoint as an operator does (or through a wrapper, or with a resource limit)."""
 
+import json
 import os
+import ssl
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -100,6 +105,61 @@ def entrypoint(tmp_path):
         run = Entrypoint(tmp_path, env, command, arguments)
         started.append(run)
         return run
+
+    yield start
+    for run in started:
+        run.stop()
+
+
+# Plain HTTPS requests to the fake, as any client makes them -----------------------------------
+
+def tls(api):
+    return ssl.create_default_context(cafile=str(api.ca_path))
+
+
+def fetch(api, path, token=True, method="GET", timeout=5):
+    """One request with urllib; returns (status, headers, body bytes), errors included."""
+    headers = {}
+    if token:
+        headers["Authorization"] = "Bearer " + (api.token if token is True else token)
+    request = urllib.request.Request(api.url + path, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, context=tls(api), timeout=timeout) as response:
+            return response.status, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, error.headers, error.read()
+
+
+def fetch_json(api, path, **kwargs):
+    status, _, body = fetch(api, path, **kwargs)
+    return status, json.loads(body)
+
+
+# The entrypoint through a wrapper, or with a resource limit -----------------------------------
+
+class Run(Entrypoint):
+    """conftest's Entrypoint, started through `head` (the script, or a wrapper running it) and with
+    an optional preexec_fn (a resource limit)."""
+
+    def __init__(self, tmp_path, env, head=(sys.executable, "-I", "-S", SCRIPT), preexec_fn=None):
+        self.report_path = str(tmp_path / "report")
+        full_env = {"PATH": "/usr/bin:/bin", "ENTRYPOINT_POLL_INTERVAL": "0.2",
+                    "COMMAND": "%s %s" % (REPORTER, self.report_path)}
+        full_env.update(env)
+        self.process = subprocess.Popen(
+            list(head), env=full_env, cwd=str(tmp_path), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, universal_newlines=True, preexec_fn=preexec_fn)
+        self.stdout = self.stderr = None
+
+
+@pytest.fixture
+def spawn(tmp_path):
+    started = []
+
+    def start(env, **kwargs):
+        started.append(Run(tmp_path, env, **kwargs))
+        return started[-1]
 
     yield start
     for run in started:

@@ -8,7 +8,7 @@ import pytest
 import fakeapi as k8s
 import kubernetes_entrypoint as ke
 from conftest import wait_for
-from test_process import wait_until_waiting
+from scenarios import wait_until_waiting
 
 
 def this_pod(api):

@@ -3,14 +3,12 @@
 import http.client
 import json
 import socket
-import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import pytest
 
+from conftest import fetch, fetch_json, tls
 from fakeapi import (FakeKubeAPI, custom, daemonset, endpoint_slice, endpoints, job, pod,
                      service)
 
@@ -21,29 +19,6 @@ PODS = "/api/v1/namespaces/default/pods"
 def api(tmp_path):
     with FakeKubeAPI(tmp_path) as server:
         yield server
-
-
-def tls(api):
-    return ssl.create_default_context(cafile=str(api.ca_path))
-
-
-def fetch(api, path, token=True, method="GET", timeout=5):
-    """One request with urllib; returns (status, headers, body bytes), errors included."""
-    headers = {}
-    if token:
-        headers["Authorization"] = "Bearer " + (api.token if token is True else token)
-    request = urllib.request.Request(api.url + path, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, context=tls(api), timeout=timeout) as response:
-            return response.status, response.headers, response.read()
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, error.headers, error.read()
-
-
-def fetch_json(api, path, **kwargs):
-    status, _, body = fetch(api, path, **kwargs)
-    return status, json.loads(body)
 
 
 def names(document):
