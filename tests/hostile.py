@@ -35,10 +35,26 @@ def stream(*events):
     return CHUNKED_200 + b"".join(chunk(json.dumps(e).encode() + b"\n") for e in events) + b"0\r\n\r\n"
 
 
+def chunked_stream(*events, hold=None):
+    """A raw watch answer: each event as a chunk, then (after `hold` seconds, or once the server
+    stops) the end of the stream."""
+    def answer(wfile, stopping):
+        wfile.write(CHUNKED_200 + b"".join(chunk(json.dumps(e).encode() + b"\n") for e in events))
+        wfile.flush()
+        if hold:
+            stopping.wait(hold)
+        wfile.write(b"0\r\n\r\n")
+    return answer
+
+
 def list_body(kind, *objects):
-    """A well-formed list answer holding exactly `objects`, whatever was asked."""
-    return {"kind": kind, "apiVersion": objects[0]["apiVersion"], "metadata": {"resourceVersion": "1"},
-            "items": list(objects)}
+    """A well-formed list answer holding exactly `objects`, whatever was asked; as of the newest
+    of their versions (a list is never older than what it holds)."""
+    version = max([int(o.get("metadata", {}).get("resourceVersion", 1)) for o in objects
+                   if isinstance(o, dict) and str(o.get("metadata", {}).get("resourceVersion", 1))
+                   .isdigit()] + [1])
+    return {"kind": kind, "apiVersion": objects[0]["apiVersion"],
+            "metadata": {"resourceVersion": str(version)}, "items": list(objects)}
 
 
 def as_json(document):

@@ -4,17 +4,20 @@ import os
 import shutil
 import tempfile
 
+import time
+
 import pytest
 
+import fakeapi as k8s
 import kubernetes_entrypoint as ke
+from hostile import FAST, assert_waits
+from scenarios import wait_until_waiting
 
 
 class DictReader:
-    """The read interface the checks use, answered from a dict of objects.
-
-    Objects are stored by (group_version, resource); list supports equality label selectors and
-    the spec.nodeName field selector, which is all the checks send for these kinds.
-    """
+    """The whole read interface the checks use (get, list, resource_for), answered from a dict of
+    objects stored by (group_version, resource); selectors are matched as the reader matches them
+    (ke.Selector, ke.Field)."""
 
     def __init__(self, discovery=None):
         self.objects = {}
@@ -30,7 +33,7 @@ class DictReader:
         if (verb, resource) in self.refused:
             raise ke.ApiError(403, "%s is forbidden" % resource, "Forbidden")
 
-    def get(self, group_version, resource, namespace, name, settled=None):
+    def get(self, group_version, resource, namespace, name, settled=None, fresh=False):
         self.calls.append(("get", resource, namespace, name))
         self._refuse("get", resource)
         for obj in self.objects.get((group_version, resource), []):
@@ -42,12 +45,10 @@ class DictReader:
     def list(self, group_version, resource, namespace, labels=None, fields=None):
         self.calls.append(("list", resource, namespace, labels, fields))
         self._refuse("list", resource)
-        wanted = dict(r.split("=", 1) for r in labels.split(",")) if labels else {}
-        node = fields.split("=", 1)[1] if fields else None
         return [o for o in self.objects.get((group_version, resource), [])
                 if o["metadata"].get("namespace") == namespace
-                and all(o["metadata"].get("labels", {}).get(k) == v for k, v in wanted.items())
-                and (node is None or o.get("spec", {}).get("nodeName") == node)]
+                and (labels is None or labels.matches(o["metadata"].get("labels")))
+                and (fields is None or fields.matches(o))]
 
     def resource_for(self, group_version, kind):
         served = [r for r in self.discovery.get(group_version, [])
@@ -66,8 +67,8 @@ def pod(name, ready=False, node="node-a", labels=None, namespace="default", **ex
     return obj
 
 
-def dep(**attributes):
-    return ke.Dependency(label="test", needs_api=True, **attributes)
+def dep(variable="DEPENDENCY_SERVICE", **attributes):
+    return ke.Dependency(label="test", kind=ke.KIND_OF[variable], **attributes)
 
 
 # SERVICE ----------------------------------------------------------------------------------
@@ -150,9 +151,9 @@ def test_container_ready_and_not_ready():
 def test_container_not_in_spec_is_a_config_error():
     read = DictReader()
     read.add("v1", "pods", container_pod([]))
-    with pytest.raises(ke.ConfigError) as caught:
-        ke.check_container(dep(name="libvrt", **CONTAINER), read)
-    assert caught.value.variable == "DEPENDENCY_CONTAINER" and "libvirt" in str(caught.value)
+    verdict = ke.check_container(dep("DEPENDENCY_CONTAINER", name="libvrt", **CONTAINER), read)
+    assert not verdict.met and isinstance(verdict.mistake, ke.ConfigError)  # the wait ends, exit 2
+    assert verdict.mistake.variable == "DEPENDENCY_CONTAINER" and "libvirt" in str(verdict.mistake)
 
 
 def test_container_pod_missing_is_waited_for():
@@ -207,7 +208,7 @@ def test_selector_from_label_selector():
         {"key": "env", "operator": "NotIn", "values": ["dev"]},
         {"key": "has", "operator": "Exists"},
         {"key": "hasnot", "operator": "DoesNotExist"}]}
-    assert ke.selector_from_label_selector(selector) == \
+    assert ke.daemonset_selector(selector).text() == \
         "a=1,b=2,tier in (x,y),env notin (dev),has,!hasnot"
 
 
@@ -223,25 +224,25 @@ def job(name, succeeded=0, active=0, failed=0, labels=None, failed_for_good=Fals
 def test_job_by_name():
     read = DictReader()
     read.add("batch/v1", "jobs", job("init", active=1, failed=2))
-    verdict = ke.check_jobs(dep(namespace="default", name="init", labels=None), read)
+    verdict = ke.check_jobs(dep(namespace="default", name="init", selector=None), read)
     assert verdict.reason == "not succeeded (1 active, 2 failed)"
     read.objects[("batch/v1", "jobs")][0]["status"]["succeeded"] = 1
-    assert ke.check_jobs(dep(namespace="default", name="init", labels=None), read).met
+    assert ke.check_jobs(dep(namespace="default", name="init", selector=None), read).met
 
 
 def test_job_failed_for_good_and_missing_say_so():
     read = DictReader()
     read.add("batch/v1", "jobs", job("init", failed=6, failed_for_good=True))
-    verdict = ke.check_jobs(dep(namespace="default", name="init", labels=None), read)
+    verdict = ke.check_jobs(dep(namespace="default", name="init", selector=None), read)
     assert not verdict.met and "failed for good" in verdict.reason
-    verdict = ke.check_jobs(dep(namespace="default", name="gone", labels=None), read)
+    verdict = ke.check_jobs(dep(namespace="default", name="gone", selector=None), read)
     assert not verdict.met and "not found" in verdict.reason
 
 
 def test_jobs_by_labels_need_every_match_succeeded():
     read = DictReader()
     labels = {"app": "nova"}
-    jobs_dep = dep(namespace="default", name=None, labels=labels)
+    jobs_dep = dep(namespace="default", name=None, selector=ke.Selector.of(labels))
     assert ke.check_jobs(jobs_dep, read).reason == "no job matches the labels"
     read.add("batch/v1", "jobs", job("a", succeeded=1, labels=labels))
     read.add("batch/v1", "jobs", job("b", active=1, labels=labels))
@@ -255,7 +256,7 @@ def test_jobs_by_labels_need_every_match_succeeded():
 # POD_JSON ---------------------------------------------------------------------------------
 
 def pods_dep(same_node):
-    return dep(namespace="default", labels={"app": "x"}, require_same_node=same_node,
+    return dep(namespace="default", selector=ke.Selector.of({"app": "x"}), require_same_node=same_node,
                pod_name="me", pod_namespace="default")
 
 
@@ -279,8 +280,9 @@ WIDGETS = {"example.com/v1": [{"name": "widgets", "kind": "Widget", "namespaced"
 
 
 def cr_dep(kind="Widget", api_version="example.com/v1", fields=(), conditions=()):
-    return dep(api_version=api_version, resource_kind=kind, name="w", namespace="default",
-               fields=list(fields), conditions=list(conditions))
+    return dep("DEPENDENCY_CUSTOM_RESOURCE", api_version=api_version, resource_kind=kind,
+               name="w", namespace="default", fields=list(fields), conditions=list(conditions),
+               cluster_label="%s w" % kind)
 
 
 def test_custom_resource_kind_not_served_yet():
@@ -372,7 +374,6 @@ def test_answers_of_the_wrong_shape_are_reasons_not_crashes():
         def resource_for(self, group_version, kind):
             return "widgets"  # discovery answered with something that is not an object
     dependency = cr_dep()
-    dependency.check = ke.check_custom_resource
     verdict = ke.evaluate(dependency, Odd())
     assert not verdict.met and "unexpected answer" in verdict.reason
 
@@ -387,5 +388,30 @@ def test_cluster_scoped_custom_resource_is_named_without_namespace():
     read = DictReader(WIDGETS)
     dependency = cr_dep("Gadget", "example.com/v2")
     dependency.label = "Gadget w in namespace default"
-    ke.check_custom_resource(dependency, read)
-    assert dependency.label == "Gadget w"
+    verdict = ke.check_custom_resource(dependency, read)
+    assert verdict.label == "Gadget w"  # how the engine names it from now on
+
+
+# A check concludes from the object as it is now -------------------------------------------------
+
+@pytest.mark.parametrize("watch", [True, False], ids=["watch", "poll"])
+def test_recreated_daemonset_is_not_met_by_a_pod_of_the_old_selector(api, entrypoint, watch):
+    if not watch:
+        api.deny("watch", "pods")
+        api.deny("watch", "daemonsets")
+    api.put(k8s.pod("me", node="node-a", host_ip="192.0.2.1"))
+    api.put(k8s.daemonset("agent", match_labels={"app": "agent-v1"}))
+    api.put(k8s.pod("agent-old", labels={"app": "agent-v1"}, node="node-a"))
+    run = entrypoint(dict(api.env(), POD_NAME="me", DEPENDENCY_DAEMONSET="agent", **FAST))
+    wait_until_waiting(api)
+    api.delete("apps/v1", "DaemonSet", "agent")
+    api.put(k8s.daemonset("agent", match_labels={"app": "agent-v2"}))
+    api.put(k8s.pod("agent-new", labels={"app": "agent-v2"}, node="node-a"))
+    time.sleep(0.3)
+    # the orphan of the old DaemonSet turns Ready: it says nothing of the DaemonSet as it is now
+    api.put(k8s.pod("agent-old", labels={"app": "agent-v1"}, node="node-a", host_ip="192.0.2.1",
+                    ready=True))
+    assert_waits(run, 1.5)
+    api.put(k8s.pod("agent-new", labels={"app": "agent-v2"}, node="node-a", host_ip="192.0.2.1",
+                    ready=True))
+    run.assert_execd()

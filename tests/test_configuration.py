@@ -60,9 +60,9 @@ def test_service_names_with_and_without_namespace(tmp_path):
     deps = parse(tmp_path, NAMESPACE="openstack", DEPENDENCY_SERVICE="mysql:mariadb,keystone-api")
     assert labels_of(deps) == ["Service mariadb in namespace mysql",
                                "Service keystone-api in namespace openstack"]
-    assert [(d.namespace, d.name, d.variable) for d in deps] == [
+    assert [(d.namespace, d.name, d.kind.variable) for d in deps] == [
         ("mysql", "mariadb", "DEPENDENCY_SERVICE"), ("openstack", "keystone-api", "DEPENDENCY_SERVICE")]
-    assert all(d.needs_api and d.check is ke.check_service for d in deps)
+    assert all(d.kind.needs_api and d.kind.check is ke.check_service for d in deps)
 
 
 def test_whitespace_trimmed_and_empty_items_skipped(tmp_path):
@@ -119,7 +119,7 @@ def test_kinds_without_namespace_refuse_one(tmp_path, variable):
 def test_socket_needs_no_api(tmp_path):
     deps = parse(tmp_path, DEPENDENCY_SOCKET="/run/a.sock, /run/b.sock")
     assert labels_of(deps) == ["Socket /run/a.sock", "Socket /run/b.sock"]
-    assert not any(d.needs_api for d in deps)
+    assert not any(d.kind.needs_api for d in deps)
 
 
 def test_unknown_dependency_variable_suggests_the_closest(tmp_path):
@@ -527,7 +527,7 @@ def test_render_for_loopback(tmp_path):
                   "my_ip = {{ .IP }}\nhost={{.HOSTNAME}}\nerl = {{   .IP_ERLANG   }}\n$HOME stays\n")
     destination = tmp_path / "etc" / "nova" / "nova.conf"
     [dep] = config_deps(tmp_path, str(destination))
-    assert dep.label == "Config %s" % destination and not dep.needs_api
+    assert dep.label == "Config %s" % destination and not dep.kind.needs_api
     assert ke.check_config(dep, None).met
     assert destination.read_text() == ("my_ip = 127.0.0.1\nhost=%s\nerl = 127,0,0,1\n$HOME stays\n"
                                        % socket.gethostname())

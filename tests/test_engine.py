@@ -57,7 +57,8 @@ def round_times(randoms, rounds):
         times.append(round(fake.now, 3))
         return ke.MET if len(times) > rounds else ke.not_met("not yet")
 
-    dep = ke.Dependency(variable="DEPENDENCY_SOCKET", check=check, needs_api=False, label="x")
+    dep = ke.Dependency(kind=ke.Kind("DEPENDENCY_SOCKET", None, check, "", needs_api=False),
+                        label="x")
     ke.Waiting([dep], None, interval=2.0, clock=fake.clock, sleep=fake.sleep,
                random=lambda: next(draws)).run()
     return times

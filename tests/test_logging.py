@@ -3,6 +3,8 @@ from outside are escaped; the token is never printed, whole or in part, whatever
 
 import json
 import re
+import secrets
+import tracemalloc
 
 import pytest
 
@@ -171,8 +173,7 @@ def test_long_token_echoed_in_a_plain_text_error_is_not_printed_in_part(api, ent
 def test_pieces_of_a_token_are_redacted(monkeypatch):
     token = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJrdWJlcm5ldGVzIn0." + "".join(
         "%02x" % (i * 37 % 256) for i in range(60))
-    monkeypatch.setattr(ke, "SECRETS", set())
-    monkeypatch.setattr(ke, "SECRET_PIECES", set())
+    monkeypatch.setattr(ke, "SECRETS", ke.types.SimpleNamespace(tokens=(), pieces=frozenset()))
     ke.keep_secret(token)
     assert ke.redact("whole %s here" % token) == "whole [token] here"
     assert ke.redact("cut: %s" % token[:60]) == "cut: [token]"
@@ -183,3 +184,24 @@ def test_pieces_of_a_token_are_redacted(monkeypatch):
     for text in ("/api/v1/namespaces/default/pods?labelSelector=app%3Dx",
                  "resourceVersion 1234567890123456789", "kubernetes.default.svc.cluster.local"):
         assert ke.redact(text) == text
+
+
+# Only the current and the previous token are kept -----------------------------------------------
+
+def test_only_the_current_and_the_previous_token_are_kept(tmp_path):
+    """Issue 14 defect 4: 150 rotations of a 1 KB token grew the process by 17 MB."""
+    path = tmp_path / "token"
+    tokens = [secrets.token_urlsafe(768) for _ in range(151)]
+    path.write_text(tokens[0])
+    token = ke.TokenFile(str(path))
+    tracemalloc.start()
+    try:
+        for value in tokens[1:]:
+            path.write_text(value)
+            token.refresh()
+        grown = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert grown < 2 << 20, grown
+    assert len(ke.SECRETS.tokens) == 2 and len(ke.SECRETS.pieces) <= 2 * 1024
+    assert ke.redact("old %s new %s" % tuple(tokens[-2:])) == "old [token] new [token]"

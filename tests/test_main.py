@@ -243,16 +243,13 @@ def test_help_lists_every_variable_and_exit_code(entrypoint):
 
 
 def test_every_option_taking_a_value_is_known_before_parsing():
-    """is_run_by_hand skips the value of each option in VALUE_OPTIONS: every such option of the
-    parser must be there, or `--new-option --check` would be misread."""
-    parser = ke.argument_parser()
-    taking_values = {option for action in parser._actions if action.option_strings
-                     and action.nargs != 0 for option in action.option_strings}
-    assert taking_values == set(ke.VALUE_OPTIONS)
-    assert ke.is_run_by_hand(["--timeout", "5", "--check"])
-    assert ke.is_run_by_hand(["--time", "5", "--val"])
-    assert not ke.is_run_by_hand(["--timeout", "--check"])  # --check is the timeout's value
-    assert not ke.is_run_by_hand(["run", "--check"])         # the command's own option
+    """A run by hand (--check, --validate) is known from the one parser, which skips the value of
+    every option that takes one, so `--timeout --check` is no check."""
+    assert {option for option, (takes, _) in ke.OPTIONS.items() if takes} == {"--timeout"}
+    assert ke.parse_arguments(["--timeout", "5", "--check"]).check
+    assert ke.parse_arguments(["--time", "5", "--val"]).validate
+    assert not ke.parse_arguments(["--timeout", "--check"]).check  # --check is the timeout's value
+    assert not ke.parse_arguments(["run", "--check"]).check         # the command's own option
 
 
 # --check and --validate -----------------------------------------------------------------------
@@ -516,12 +513,12 @@ def test_runs_isolated_without_site_packages():
     import subprocess
     code = ("import sys; sys.path.insert(0, %r)\n"
             "import kubernetes_entrypoint as k\n"
-            "k.prepare({'DEPENDENCY_SOCKET': '/x'}, k.parse_arguments([]))\n"
+            "k.run(['--check'], {'DEPENDENCY_SOCKET': '/x'}, k.Outcome(''))\n"
             "print(sorted(m for m in ('ssl', 'http.client', 'urllib.request') if m in sys.modules))"
             % os.path.dirname(SCRIPT))
     out = subprocess.check_output([sys.executable, "-I", "-S", "-c", code],
                                   cwd=os.path.dirname(SCRIPT), universal_newlines=True)
-    assert out.strip() == "[]"
+    assert out.strip().splitlines()[-1] == "[]", out
 
 
 def test_every_import_is_in_the_standard_library():
@@ -593,3 +590,37 @@ def test_broken_pipe_is_no_traceback(tmp_path):
                             env={"DEPENDENCY_SOCKET": str(tmp_path / "ready"), "PATH": "/usr/bin:/bin"})
     __import__("os").close(writer)
     assert result.returncode == 0 and result.stderr == ""
+
+
+# The termination message never holds the exit ---------------------------------------------------
+
+@pytest.mark.parametrize("ending", ["configuration error", "timeout", "SIGTERM"])
+def test_a_fifo_as_termination_log_does_not_hang_the_exit(tmp_path, entrypoint, ending):
+    fifo = tmp_path / "termination-log"
+    os.mkfifo(str(fifo))
+    env = {"ENTRYPOINT_TERMINATION_LOG": str(fifo), "DEPENDENCY_SOCKET": str(tmp_path / "never")}
+    if ending == "configuration error":
+        env["DEPENDENCY_SOCKET"] = "ns:bad"
+    elif ending == "timeout":
+        env["ENTRYPOINT_TIMEOUT"] = "0.5"
+    run = entrypoint(env)
+    if ending == "SIGTERM":
+        time.sleep(1.0)  # started and waiting: nothing outside the process shows it sooner
+        run.process.send_signal(signal.SIGTERM)
+    code = run.finish(timeout=10)
+    assert code == {"configuration error": 2, "timeout": 1, "SIGTERM": 143}[ending], run.stderr
+
+
+def test_the_termination_message_is_written_to_a_regular_file_only(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(str(fifo))
+    reader = os.open(str(fifo), os.O_RDONLY | os.O_NONBLOCK)  # someone reads: it would open
+    try:
+        ke.write_termination_message(str(fifo), ["said"])
+        assert os.read(reader, 100) == b""
+    finally:
+        os.close(reader)
+    regular = tmp_path / "log"
+    regular.write_bytes(b"an older and longer message\n")
+    ke.write_termination_message(str(regular), ["said"])
+    assert regular.read_bytes() == b"said\n"

@@ -16,8 +16,8 @@ import fakeapi as k8s
 import kubernetes_entrypoint as ke
 from conftest import SCRIPT, fetch_json, wait_for
 from hostile import (CHUNKED_200, FAST, as_json, assert_execd_cleanly, assert_waits,
-                     assert_waits_out_the_fault, chunk, http, job_succeeds, list_body, stream,
-                     wait_for_job)
+                     assert_waits_out_the_fault, chunk, chunked_stream, http, job_succeeds,
+                     list_body, stream, wait_for_job)
 from scenarios import (SCENARIOS, client_for, daemonset_met, parse, service_met, this_pod,
                        wait_until_waiting)
 
@@ -34,7 +34,7 @@ def test_get_list_and_one_kept_alive_connection(api):
     read = ke.ApiReader(client_for(api))
     assert read.get("v1", "pods", "default", "me")["metadata"]["name"] == "me"
     assert read.get("v1", "pods", "default", "missing") is None
-    assert [p["metadata"]["name"] for p in read.list("v1", "pods", "default", labels="app=x")] == ["me"]
+    assert [p["metadata"]["name"] for p in read.list("v1", "pods", "default", labels=ke.Selector.of({"app": "x"}))] == ["me"]
     assert read.list("v1", "pods", "elsewhere") == []
     assert api.connections == 1
 
@@ -474,7 +474,7 @@ def test_refusal_logged_once_with_verb_resource_and_namespace(api, capsys):
     now = [0.0]
     read = ke.ApiReader(client_for(api), clock=lambda: now[0])
     with pytest.raises(ke.ApiError) as caught:
-        read.list("batch/v1", "jobs", "openstack", labels="app=x")
+        read.list("batch/v1", "jobs", "openstack", labels=ke.Selector.of({"app": "x"}))
     assert caught.value.status == 403
     for _ in range(3):
         now[0] += 60
@@ -784,3 +784,68 @@ def test_item_12_custom_resource_named_with_a_comma(api, entrypoint):
         [{"apiVersion": "example.com/v1", "kind": "Widget", "name": "a,b",
           "conditions": [{"type": "Ready"}]}])))
     assert_execd_cleanly(run)
+
+
+# One rule for what is believed: lists, gets, watch events and bookmarks -------------------------
+
+def test_watch_event_of_an_older_incarnation_is_not_believed(api, entrypoint):
+    """The list shows Job j re-created and running; the watch then replays the old j, succeeded."""
+    old = api.put(k8s.job("j", succeeded=1))
+    api.delete("batch/v1", "Job", "j")
+    api.put(k8s.job("j", active=1))
+    api.put(k8s.job("filler", active=1))  # the list's version is newer than j's
+    rule = api.inject(raw=chunked_stream({"type": "ADDED", "object": old}, hold=2.0),
+                      match="watch=1", times=1)
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="j", **FAST))
+    wait_for(lambda: rule.served)
+    assert_waits(run, 1.5)
+    api.put(k8s.job("j", succeeded=1))
+    run.assert_execd()
+
+
+def test_watch_event_older_than_the_object_listed_is_not_believed(api, entrypoint):
+    """The slice is listed not ready; a MODIFIED from before it says ready."""
+    ready = api.put(k8s.endpoint_slice("db"))
+    api.put(k8s.endpoint_slice("db", addresses=(("10.0.0.1", False),)))
+    rule = api.inject(raw=chunked_stream({"type": "MODIFIED", "object": ready}, hold=2.0),
+                      match="watch=1", times=1)
+    run = entrypoint(dict(api.env(), DEPENDENCY_SERVICE="db", **FAST))
+    wait_for(lambda: rule.served)
+    assert_waits(run, 1.5)
+    api.put(k8s.endpoint_slice("db"))
+    run.assert_execd()
+
+
+def test_a_bookmark_never_moves_the_resume_point_back(api, entrypoint):
+    for name in ("a", "b", "c"):
+        api.put(k8s.job(name, active=1))
+    api.put(k8s.job("j", active=1))
+    listed = int(api.resource_version)
+    bookmark = {"type": "BOOKMARK", "object": {"kind": "Job", "apiVersion": "batch/v1",
+                                               "metadata": {"resourceVersion": "1"}}}
+    rule = api.inject(raw=chunked_stream(bookmark), match="watch=1", times=1)
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="j", **FAST))
+    wait_for(lambda: rule.served and api.open_watches >= 1)
+    resumed = [r for r in api.requests if r.verb == "watch"]
+    assert resumed and int(resumed[-1].query["resourceVersion"]) >= listed, resumed
+    api.put(k8s.job("j", succeeded=1))
+    run.assert_execd()
+
+
+def test_one_rule_for_every_answer():
+    """A list from storage, a get, an event and a bookmark: none may go behind what was seen."""
+    def obj(version, name="j"):
+        return {"metadata": {"name": name, "namespace": "d", "resourceVersion": str(version)}}
+
+    fresh = ke.Freshness()
+    held = {("d", "j"): obj(40)}
+    fresh.took("100", from_cache=False)
+    assert not fresh.believes(held, {("d", "j"): obj(20)}, "100", from_cache=False)
+    assert not fresh.believes(held, {("d", "j"): obj(20)}, "20", from_cache=False)
+    assert fresh.believes(held, {("d", "j"): obj(41)}, "101", from_cache=False)
+    assert not fresh.believes_change(obj(40), 20)    # older than the object held
+    assert not fresh.believes_change(None, 20)       # gone by the version seen
+    assert fresh.believes_change(obj(40), 120)
+    fresh.moved(120)
+    fresh.moved(3)                                   # a bookmark from the past
+    assert fresh.version == "120" and fresh.seen == 120

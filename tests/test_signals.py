@@ -261,7 +261,7 @@ def test_stop_signal_while_the_temporary_file_is_created_leaves_none(tmp_path, m
         return fd
 
     previous = signal.signal(signal.SIGTERM, ke.on_stop_signal)
-    del ke.STOPPING[:]
+    ke.Stopping.signal, ke.Stopping.finishing = None, False
     monkeypatch.setattr(ke.os, "open", open_then_signal)
     try:
         with pytest.raises(ke.Stop):
