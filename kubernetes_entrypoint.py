@@ -19,8 +19,7 @@ import _signal  # the built-in half of `signal`, already loaded: the handlers co
 
 
 class Stopping:
-    """The stop signals' state (see Signals): one that came while the file loaded, the one
-    that stopped the wait, and whether the process is finishing (no signal changes that)."""
+    """Where the stop signals stand (see Signals): one that came early, the one that stopped us."""
     early = signal = None
     finishing = False
 
@@ -60,22 +59,18 @@ TOKEN_REREAD_AFTER = 60.0    # the kubelet rotates the token; reread it at least
 YEAR = 365 * 24 * 3600
 
 
-
 # 1. Configuration =================================================================================
 # Pure functions from the environment to a list of dependencies; one error type, naming the variable.
 
 class ConfigError(Exception):
     """A setting the operator must fix; main prints it as one line naming the variable, exit 2."""
-
     def __init__(self, variable, problem):
         super().__init__("%s: %s" % (variable, problem))
         self.variable = variable
 
 
 class Dependency(types.SimpleNamespace):
-    """One thing to wait for, as parsed: its `kind` (a row of KINDS), its `label` (how logs
-    name it) and what its check reads. Nothing changes it once parsed."""
-
+    """One thing to wait for: its `kind` (a row of KINDS), `label`, and what its check reads."""
     def __str__(self):
         return self.label
 
@@ -165,7 +160,7 @@ def read_settings(env):
 
 
 def read_text(path, limit=65536):
-    """A small file's text ('' when missing or unreadable); bytes that are not UTF-8 are replaced."""
+    """A small file's text ('' when missing or unreadable), bytes not UTF-8 replaced."""
     try:
         with open(path, "rb") as f:
             return f.read(limit).decode("utf-8", "replace")
@@ -190,8 +185,7 @@ def seconds_setting(env, variable, default, minimum, maximum, zero_means_off=Fal
 
 
 def api_server_setting(url):
-    """ENTRYPOINT_API_SERVER: https://... (token and CA as in a pod), or http:// to this machine only
-    (kubectl proxy); plain HTTP elsewhere would send requests unprotected."""
+    """ENTRYPOINT_API_SERVER: https://, or plain http:// to this machine only (kubectl proxy)."""
     if not url:
         return None
     import urllib.parse
@@ -226,13 +220,11 @@ def ip_address(host):
 
 
 def is_host(host):
-    """A host name or an IP address, as a URL may carry it. A name whose last label is a number
-    (`1`, `127.1`, `0x7f`) is neither: the C library would take it for an address."""
+    """A host name or an address; not a name ending in a number (`127.1`: libc's address)."""
     if ip_address(host) is not None:
         return True
-    last_label = host.rstrip(".").rpartition(".")[2]
-    return bool(HOST_NAME.fullmatch(host)) and not re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]*",
-                                                                  last_label)
+    numeric = re.fullmatch(r"[0-9]+|0[xX][0-9a-fA-F]*", host.rstrip(".").rpartition(".")[2])
+    return bool(HOST_NAME.fullmatch(host)) and not numeric
 
 
 # Lists, names and JSON --------------------------------------------------------------------------
@@ -322,8 +314,7 @@ def json_namespace(variable, entry, settings):
 
 
 def json_labels(variable, entry, required):
-    """An entry's `labels`, checked as Kubernetes checks them: anything else would change the
-    selector's meaning (`app!` and `x` read `app!=x`) or be refused on every try."""
+    """An entry's `labels`, as Kubernetes checks them (`app!` and `x` would read `app!=x`)."""
     labels = entry.get("labels")
     if labels is None:
         if required:
@@ -367,9 +358,7 @@ def json_pairs(variable, entry, key, first, second, second_default=None):
 # Selectors, kept as values ----------------------------------------------------------------------
 
 class Selector(tuple):
-    """A label selector as a value: requirements (key, "in" | "notin" | "exists" | "!",
-    values), all of which must hold. A read's key; written as text for a URL only."""
-
+    """A label selector as a value: requirements (key, in|notin|exists|!, values); text for URLs."""
     @classmethod
     def of(cls, labels):
         """key=value for every pair (a JSON variable's labels, a matchLabels)."""
@@ -391,7 +380,6 @@ class Selector(tuple):
 
 class Field(tuple):
     """A field selector of one requirement, as a value: (dotted path, value)."""
-
     def __new__(cls, path, value):
         return super().__new__(cls, (path, value))
 
@@ -514,8 +502,7 @@ TEMPLATE_VALUES = ("IP", "HOSTNAME", "IP_ERLANG")
 
 
 def render_template(variable, source, template, values):
-    """The template's bytes as they are (line ends, any encoding: the original copies them),
-    the known placeholders replaced; anything else inside {{ }} is an error naming it."""
+    """The template's bytes as they are, known placeholders replaced; other {{ }}: an error."""
     text = template.decode("utf-8", "surrogateescape")
     for match in ConfigTemplate.pattern.finditer(text):
         if match.group("named") not in values:
@@ -553,7 +540,7 @@ def template_values(interface):
 
 
 def ipv6_forms(hex_address):
-    """(text form, Erlang tuple form: the eight 16-bit groups in decimal) of a 32-hex-digit address."""
+    """(text form, Erlang form: eight 16-bit groups in decimal) of a 32-hex-digit address."""
     return (socket.inet_ntop(socket.AF_INET6, bytes.fromhex(hex_address)),
             ",".join(str(int(hex_address[i:i + 4], 16)) for i in range(0, 32, 4)))
 
@@ -573,7 +560,7 @@ def ipv4_address(interface):
 
 
 def ipv6_global_address(if_inet6_text, interface):
-    """The interface's global IPv6 address from /proc/net/if_inet6 text, as 32 hex digits, or None."""
+    """The interface's global IPv6 address in /proc/net/if_inet6 text (32 hex digits)."""
     for line in if_inet6_text.splitlines():
         fields = line.split()
         if len(fields) == 6 and fields[5] == interface and fields[3] == "00":
@@ -584,9 +571,8 @@ def ipv6_global_address(if_inet6_text, interface):
 # All of them ------------------------------------------------------------------------------------
 
 def parse_dependencies(env, settings):
-    """Every dependency the environment names, in table order; ConfigError on the first mistake.
-    One whose check reads this pod gets its name (POD_NAME) and namespace here. A non-empty
-    DEPENDENCY_* variable that no kind reads is a typo, never silently ignored."""
+    """Every dependency the environment names, in table order; ConfigError on the first mistake
+    (an unknown DEPENDENCY_* is a typo). One that reads this pod gets POD_NAME and namespace here."""
     for variable in sorted(env):
         if variable.startswith("DEPENDENCY_") and variable not in KIND_OF and env[variable].strip():
             prefix = len("DEPENDENCY_")  # shared by all, so compare what follows it
@@ -614,18 +600,15 @@ def parse_dependencies(env, settings):
 
 
 def split_command(value):
-    """COMMAND split on runs of ASCII whitespace (a no-break space is part of a word); no quoting."""
+    """COMMAND split on runs of ASCII whitespace (a no-break space is in a word); no quoting."""
     return [word for word in re.split("[ \t\n\r\v\f]+", value) if word]
-
 
 
 # 2. Checks ========================================================================================
 # One question per kind: (dependency, read) -> Verdict. No I/O but `read` (see ApiReader).
 
 class Verdict(types.SimpleNamespace):
-    """Met, or not met with a reason a human can act on; `label`: the dependency's name as its
-    check now knows it; `mistake`: a ConfigError the answer revealed, which ends the wait."""
-
+    """Met, or not with a reason to act on; `label`: a better name; `mistake`: a ConfigError."""
     label = mistake = None
 
 
@@ -682,25 +665,23 @@ def this_pod_not_found(dep):
 
 
 def this_pod_node(dep, read):
-    """(the node this pod runs on, None), or (None, why not yet). spec.nodeName is set once the
-    pod is scheduled and never changes: the pod is read until then only."""
+    """(the node this pod runs on, None), or (None, why not yet); settled once scheduled."""
     pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name,
                    settled=lambda pod: node_of(pod) is not None)
-    if pod is None:
-        return None, this_pod_not_found(dep)
-    if node_of(pod) is None:
-        return None, not_met("this pod %s is not scheduled to a node yet" % dep.pod_name)
+    if pod is None or node_of(pod) is None:
+        return None, this_pod_not_found(dep) if pod is None else not_met(
+            "this pod %s is not scheduled to a node yet" % dep.pod_name)
     return node_of(pod), None
 
 
 def service_read(dep):
-    """The read check_service begins with, known up front so that a namespace's Services share it."""
+    """The read check_service begins with, known up front: a namespace's Services share it."""
     return ("discovery.k8s.io/v1", "endpointslices", dep.namespace,
             Selector.of({"kubernetes.io/service-name": dep.name}))
 
 
 def check_service(dep, read):
-    """Some endpoint has an address and is ready; EndpointSlices first, the Endpoints object as fallback."""
+    """An endpoint has an address and is ready: EndpointSlices, or the Endpoints object."""
     try:
         slices = read.list(*service_read(dep))
     except ApiError as e:
@@ -742,9 +723,8 @@ def check_container(dep, read):
 
 
 def check_daemonset(dep, read):
-    """A pod of the DaemonSet on this node is Ready, or the DaemonSet has no pod on this node.
-    Its selector cannot change, so it is read once; but it is read again from storage before it
-    counts as met: one re-created with another selector must not be judged by the old pods."""
+    """A pod of the DaemonSet on this node is Ready, or it has no pod on this node. Read once (its
+    selector cannot change), and again from storage before it counts: one re-created differs."""
     def judged_by(daemonset):
         if daemonset is None:
             return not_met("daemonset not found")
@@ -772,8 +752,7 @@ def check_daemonset(dep, read):
 
 
 def daemonset_selector(selector):
-    """A DaemonSet's LabelSelector as a Selector; a key, value or operator that is not
-    valid is a malformed answer, never dropped (that would select more pods)."""
+    """A DaemonSet's LabelSelector as a Selector; anything not valid is malformed, never dropped."""
     def bad(problem):
         return malformed("the daemonset's selector", problem)
 
@@ -850,8 +829,7 @@ def check_pods(dep, read):
 
 
 def check_custom_resource(dep, read):
-    """The object exists (its kind found by discovery) with every field value and condition wanted;
-    a cluster-scoped one is named without a namespace."""
+    """The object exists (kind found by discovery) with the fields and conditions wanted."""
     resource = read.resource_for(dep.api_version, dep.resource_kind)
     if resource is None:
         return not_met("the API server does not serve kind %s in %s (yet)"
@@ -864,8 +842,8 @@ def check_custom_resource(dep, read):
         value = dig(obj, *key.split("."))
         text = value if isinstance(value, str) else json.dumps(value)  # as the operator wrote it
         if value is None or text != want:
-            return not_met("field %s is %s, want %r" % (key, "missing" if value is None else
-                                                         repr(text), want), label=label)
+            return not_met("field %s is %s, want %r" % (
+                key, "missing" if value is None else repr(text), want), label=label)
     conditions = [c for c in list_of(dig(obj, "status", "conditions")) if isinstance(c, dict)]
     for kind, want in dep.conditions:
         found = [c.get("status") for c in conditions if c.get("type") == kind]
@@ -881,9 +859,8 @@ def check_socket(dep, read):
         os.stat(dep.path)
     except OSError as e:
         return not_met(e.strerror or str(e))
-    if not os.access(dep.path, os.R_OK):
-        return not_met("exists, but is not readable by uid %d" % os.getuid())
-    return MET
+    return MET if os.access(dep.path, os.R_OK) else not_met(
+        "exists, but is not readable by uid %d" % os.getuid())
 
 
 def check_config(dep, read):
@@ -907,17 +884,14 @@ def config_written(dep, read):
     return MET if written == dep.content else not_met("differs from the rendering")
 
 
-
 # 3. Kinds =========================================================================================
 # One row per DEPENDENCY_* variable: the single source of everything about it.
 
 class Kind:
-    """One DEPENDENCY_* variable; adding a kind is one parser, one check and one row. parse(kind,
-    value, settings) -> [Dependency]; check(dep, read) -> Verdict; dry_check: --check's, where
-    check writes; needs_api; needs_pod(dep): POD_NAME needed; names(variable, name): the names'
-    rule; label: the log name from (name, namespace); json_keys; merge(dep): the label read its
-    check begins with, shared within a namespace; example: for --help."""
-
+    """One DEPENDENCY_* variable; adding a kind is one parser, one check and one row: parse(kind,
+    value, settings); check(dep, read); dry_check (--check's, where check writes); needs_api;
+    needs_pod(dep): POD_NAME needed; names(variable, name): the names' rule; label (from name,
+    namespace); json_keys; merge(dep): the label read a namespace shares; example (--help)."""
     def __init__(self, variable, parse, check, example, needs_api=True, needs_pod=False,
                  names=name_rule(OBJECT_NAME, "name"), label=None, json_keys=(), dry_check=None,
                  merge=None):
@@ -960,7 +934,6 @@ KINDS = [
 KIND_OF = {kind.variable: kind for kind in KINDS}
 
 
-
 # 4. Engine ========================================================================================
 # Re-check a dependency whenever what it read may have changed, until all are met.
 
@@ -971,8 +944,7 @@ EVERY_ROUND = ("every round",)  # in a check's reads: check it again every round
 
 
 def evaluate(dependency, read, check=None):
-    """Ask the dependency's question (its kind's check, or `check`); an API failure or an
-    answer of the wrong shape is a reason to wait, not a crash."""
+    """Ask the dependency's question (its kind's check, or `check`); a failure is a reason."""
     try:
         verdict = (check or dependency.kind.check)(dependency, read)
     except ApiError as e:
@@ -985,18 +957,15 @@ def evaluate(dependency, read, check=None):
 
 
 class Waiting:
-    """The wait: which dependencies are unmet, why, and for how long. run() checks each, then
-    again when a collection it read changed (or every round if it reads no API), until all are
-    met; unmet() says what was missing when a signal stopped it. Time is injected."""
-
+    """The wait: which dependencies are unmet, why, for how long. run() checks each, and again when
+    a collection it read changed (or each round), until all are met. Time is injected."""
     def __init__(self, dependencies, read, interval=POLL_INTERVAL, clock=time.monotonic,
                  sleep=time.sleep, on_reason=None, random=None):
         import random as random_module
         self.dependencies, self.read, self.interval = dependencies, read, interval
         self.clock, self.sleep, self.random = clock, sleep, random or random_module.random
         self.on_reason = on_reason  # told each new reason a dependency is unmet (for Events)
-        # Local checks first: config files are written before any request can keep them waiting.
-        # An entry's reads are None until it is checked; its label is how it is named now.
+        # Local checks first (config files are written before any request); reads: None unchecked.
         self.pending = [types.SimpleNamespace(dep=dep, label=str(dep), reads=None, reason=None)
                         for dep in sorted(dependencies, key=lambda d: d.kind.needs_api)]
         self.started = clock()
@@ -1014,8 +983,7 @@ class Waiting:
             log("INFO", "Resolving %s" % dep, dep)
         next_progress = self.started + progress_every if progress_every else float("inf")
         changed, new_round = set(), True
-        # Pods started together must not poll in step: a random phase, and a little jitter on
-        # every round, only ever longer (never more requests than one per interval).
+        # Pods started together must not poll in step: a random phase, rounds 0-10 % longer.
         next_round = self.clock() + self.interval * (0.1 + 0.9 * self.random())
         while True:
             raise_if_stopped()
@@ -1078,7 +1046,6 @@ def duration(seconds):
         if seconds < 3600 else "%dh%02dm" % divmod(seconds // 60, 60)
 
 
-
 # 5. main ==========================================================================================
 # The recipe: parse, look the command up, wait (or --check, --validate), exec.
 
@@ -1099,8 +1066,7 @@ def main(arguments=None, env=None):
 
 
 def run(arguments, env, outcome):
-    """The recipe, a step at a time. Each step fails in one clear way: a ConfigError is one line
-    naming the variable and exit 2, a CommandError is 126 or 127; the command never runs early."""
+    """The recipe, step by step; each fails one clear way (ConfigError: 2, CommandError: 126/127)."""
     options = parse_arguments(arguments)
     outcome.by_hand = options.check or options.validate  # not a container's process
     try:
@@ -1154,9 +1120,7 @@ def run(arguments, env, outcome):
 
 
 class Outcome:
-    """How the run ended, for main to say (the termination message's lines, the reason of a
-    Warning Event), and what a stop signal's report needs: the wait, the Events, the timeout."""
-
+    """How the run ended (the termination message, a Warning's reason); what a stop report needs."""
     def __init__(self, termination_log):
         self.termination_log, self.lines, self.timeout = termination_log, [], 0
         self.by_hand = False  # --check, --validate: no termination message, no Event
@@ -1181,17 +1145,14 @@ class Outcome:
         timed_out = signum == signal.SIGALRM
         self.warning = "TimedOut" if timed_out else "Stopped"
         headline = "timed out" if timed_out else "stopped by " + signal.Signals(signum).name
-        unmet = []
-        if self.waiting is None:
-            if timed_out:
-                headline = ("timed out after %s before every dependency was checked"
-                            % duration(self.timeout))
-        else:
-            # The timeout counts from the start, before the wait: say the time it was set to.
-            unmet = self.waiting.unmet()
+        unmet = self.waiting.unmet() if self.waiting else []
+        if self.waiting:  # the timeout counts from the start, before the wait: say it as set
             headline = "%s after %s waiting for %d of %d dependencies" % (
                 headline, duration(self.timeout if timed_out else self.waiting.waited()),
                 len(unmet), len(self.waiting.dependencies))
+        elif timed_out:
+            headline = "timed out after %s before every dependency was checked" % duration(
+                self.timeout)
         log("ERROR", headline + "; the command was not run")
         self.lines = [headline]
         for label, reason in unmet:
@@ -1200,8 +1161,7 @@ class Outcome:
         return 1 if timed_out else 128 + signum
 
     def tell(self, env):
-        """Say why the process ends: the termination message and, when the command did not run,
-        a Warning Event (made from the environment, if it allows, where the error came first)."""
+        """Say why the process ends: the termination message, and a Warning if nothing ran."""
         write_termination_message(self.termination_log, self.lines)
         if self.warning is None:
             return
@@ -1232,7 +1192,7 @@ def validate(dependencies, argv, env):
 
 
 def check_once(dependencies, read):
-    """--check: every dependency asked once, nothing written, as a table; 0 if all are met, else 1."""
+    """--check: every dependency asked once, nothing written; a table; 0 if all are met, else 1."""
     rows = []
     for dep in dependencies:
         verdict = evaluate(dep, read, dep.kind.dry_check)
@@ -1262,8 +1222,7 @@ def termination_message(lines, limit=TERMINATION_MESSAGE_BYTES):
 
 
 def write_termination_message(path, lines):
-    """Tell Kubernetes why the container ended (`kubectl describe pod` shows
-    it). Only a regular file, opened without waiting: a FIFO nobody reads must not hang the exit."""
+    """Tell Kubernetes why the container ended: to a regular file only, never blocking."""
     if not path or not lines:
         return
     try:
@@ -1283,7 +1242,6 @@ def write_termination_message(path, lines):
 
 class CommandError(Exception):
     """The command cannot run: exit 127 (not found) or 126 (not executable), as a shell does."""
-
     def __init__(self, code, message):
         super().__init__(message)
         self.code = code
@@ -1297,10 +1255,8 @@ def find_command(argv, path_variable):
     name = argv[0]
     if "/" in name and os.path.isdir(name):
         raise CommandError(126, "COMMAND: %s is a directory" % name)
-    if "/" in name:
-        candidates = [name]
-    else:
-        candidates = [os.path.join(d or ".", name) for d in path_variable.split(os.pathsep)]
+    candidates = [name] if "/" in name else [os.path.join(d or ".", name)
+                                             for d in path_variable.split(os.pathsep)]
     not_executable = None
     for candidate in candidates:
         if os.path.isfile(candidate):
@@ -1316,16 +1272,14 @@ def find_command(argv, path_variable):
 
 
 def exec_command(argv, executable):
-    """Replace this process with the command; `true` and `echo` where the image has none (as
-    distroless has not) are answered here, exit 0."""
+    """Replace this process with the command; `true` and `echo` are answered here if absent."""
     if executable is None:
         raise_if_stopped()
         if os.path.basename(argv[0]) == "echo":
             write(sys.stdout, " ".join(argv[1:]) + "\n")
         return 0
     restore_locale_variable()
-    # Default dispositions and an empty mask (ignored signals survive exec): from here a stop
-    # signal has its default effect, and one whose Stop Python dropped is acted on just after.
+    # Default dispositions, an empty mask (ignored signals survive exec); then a dropped Stop.
     signal.setitimer(signal.ITIMER_REAL, 0)
     for signum in (signal.SIGPIPE, signal.SIGXFSZ) + STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)
@@ -1339,8 +1293,7 @@ def exec_command(argv, executable):
 
 
 def restore_locale_variable(started_with="/proc/self/environ"):
-    """Python sets LC_CTYPE=C.UTF-8 in its own environment where the locale is C
-    (PEP 538): the command gets LC_CTYPE as the container gave it, or none."""
+    """Undo Python's LC_CTYPE=C.UTF-8 (PEP 538): the command gets LC_CTYPE as it was given."""
     try:
         with open(started_with, "rb") as f:
             original = f.read()
@@ -1366,40 +1319,41 @@ OPTIONS = {  # each option: the value it takes (or None), and what it does
 
 
 def parse_arguments(arguments):
-    """Options, then the command: from the first argument that is no option (or after
-    `--`) everything is the command, untouched. Options may be shortened (--che). A mistake is
-    kept, not raised, so that a run by hand (--check, --validate) is known even then."""
+    """Options, then the command, untouched (from the first word that is no option, or after
+    `--`). Options may be shortened; a mistake is kept, not raised, so --check is known even then."""
     options = types.SimpleNamespace(timeout=None, check=False, validate=False, help=False,
                                     version=False, command=[], mistake=None)
-    arguments = list(arguments)
-    while arguments:
-        argument = arguments.pop(0)
-        if argument == "--" or argument == "-" or not argument.startswith("-"):
-            options.command = arguments if argument == "--" else [argument] + arguments
+    words = list(arguments)
+    while words and words[0].startswith("-") and words[0] != "-":
+        word = words.pop(0)
+        if word == "--":
             break
-        name, equals, value = argument.partition("=")
+        name, equals, value = word.partition("=")
         found = [o for o in OPTIONS if o == name] or [
             o for o in OPTIONS if len(name) > 2 and o.startswith(name)] or (
             ["--help"] if name == "-h" else [])
-        takes = OPTIONS[found[0]][0] if len(found) == 1 else None
-        if takes and not equals and arguments:
-            value, equals = arguments.pop(0), True
-        if len(found) != 1 or bool(equals) != bool(takes):
-            options.mistake = options.mistake or ConfigError("arguments", (
-                "unrecognized arguments: %s" % argument if not found else
-                "ambiguous option: %s could match %s" % (name, ", ".join(found)) if found[1:] else
-                "argument %s: expected one argument" % found[0] if takes else
-                "argument %s: ignored explicit argument %r" % (found[0], value)))
-        elif takes:
+        takes = len(found) == 1 and OPTIONS[found[0]][0]
+        if takes and not equals and words:
+            value, equals = words.pop(0), "="
+        problem = ("unrecognized arguments: %s" % word if not found else
+                   "ambiguous option: %s could match %s" % (name, ", ".join(found)) if found[1:]
+                   else "argument %s: expected one argument" % found[0] if takes and not equals
+                   else "argument %s: ignored explicit argument %r" % (found[0], value)
+                   if equals and not takes else None)
+        variable = "arguments"
+        if takes and not problem:
             try:
                 options.timeout = float(value)
             except ValueError:
                 options.timeout = -1.0
             if not 0 <= options.timeout <= YEAR:
-                options.mistake = options.mistake or ConfigError(
-                    "--timeout", "%s is not a number of seconds (0 to %d)" % (shown(value), YEAR))
-        else:
+                variable, problem = "--timeout", "%s is not a number of seconds (0 to %d)" % (
+                    shown(value), YEAR)
+        elif not problem:
             setattr(options, found[0][2:], True)
+        if problem and not options.mistake:
+            options.mistake = ConfigError(variable, problem)
+    options.command = words
     return options
 
 
@@ -1454,14 +1408,12 @@ EXIT_CODES = [
 ]
 
 
-
 # 6. Signals =======================================================================================
 # SIGTERM and SIGINT stop the wait at once, and so does the timeout's SIGALRM; the command never
 # runs after one. Their state is Stopping, at the top of the file.
 
 class Stop(BaseException):
-    """Raised by a signal handler (args: the signal) so a wait ends at once, from whatever call it
-    is in. Not an Exception, so that no handler of errors (a read's, a check's) can swallow it."""
+    """Raised by a signal handler (args: the signal); a BaseException, which no error handler takes."""
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)  # SIGALRM: ENTRYPOINT_TIMEOUT
@@ -1481,22 +1433,20 @@ def take_stop_signals():
 
 
 def on_stop_signal(signum, frame):
-    """The first signal stops the wait; later ones are let go while the process reports (see finish_quietly)."""
+    """The first signal stops the wait; later ones are let go while the process reports."""
     if Stopping.signal is None and not Stopping.finishing:
         Stopping.signal = signum
         raise Stop(signum)
 
 
 def raise_if_stopped():
-    """A Stop raised inside a finalizer is dropped by Python, and the signal is then only
-    in Stopping: the wait looks here every STOP_RECHECK seconds, and so does the exec."""
+    """A Stop raised in a finalizer is dropped by Python: the wait and the exec look here too."""
     if Stopping.signal is not None and not Stopping.finishing:
         raise Stop(Stopping.signal)
 
 
 class stop_signals_held:
     """Within it, the stop signals wait (blocked); they are handled the moment it ends."""
-
     def __enter__(self):
         self.previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
 
@@ -1505,21 +1455,19 @@ class stop_signals_held:
 
 
 def start_thread(thread):
-    """Start a thread with the stop signals blocked in it, so that only the main thread gets them."""
+    """Start a thread with the stop signals blocked in it: only the main thread gets them."""
     with stop_signals_held():
         thread.start()
 
 
 def finish_quietly():
-    """From here the process only reports and exits: the handler raises no more. (Not
-    SIG_IGN, which makes a pending signal print "ignored due to race condition".)"""
+    """From here the process only reports and exits: the handler raises no more (not SIG_IGN)."""
     Stopping.finishing = True
     signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def exit_quietly(code):
-    """Exit at once with `code`, our output flushed. Not sys.exit: tearing Python and
-    OpenSSL down while a watch thread is inside a TLS read can crash the process."""
+    """Exit at once, our output flushed; not sys.exit, which can crash inside a watch's TLS read."""
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -1530,12 +1478,10 @@ def exit_quietly(code):
     os._exit(code)
 
 
-
 # 7. Reads =========================================================================================
-# What the checks see. Each distinct read is a collection, listed once and then kept fresh by a
-# watch (or, where watching is refused, by polling), shared by every check. An answer is believed
-# only once its shape is checked and it is not older than what was seen (Freshness), and only the
-# objects that really match the read's namespace and selectors are kept.
+# What the checks see: each distinct read a collection, listed once, then kept fresh by a watch (or
+# polling where watching is refused) and shared. An answer is believed once its shape is checked
+# and it is not older than what was seen (Freshness); only what matches the read is kept.
 
 WATCH_SECONDS = 240          # server-side timeoutSeconds of a watch, plus up to a minute of jitter
 WATCH_SILENCE = 30           # a stream still open this long past its timeoutSeconds is dropped
@@ -1588,9 +1534,8 @@ def object_version(obj):
 
 
 def not_older(before, seen, after, after_version):
-    """Whether an answer (`after`, as of `after_version`) is not older than what was seen: no
-    object older than before, none back that was gone by `seen`, none newer than the answer, and
-    none missing that the answer is too old to have seen removed. Versions must be numbers."""
+    """Whether `after` (as of `after_version`) is not older than what was seen: no object older
+    than before, back after `seen`, newer than the answer, or missing though the answer is older."""
     at_after = object_version(after_version)
     old = {key: object_version(obj) for key, obj in before.items()}
     new = {key: object_version(obj) for key, obj in after.items()}
@@ -1618,7 +1563,6 @@ class Freshness:
     next from the watch cache, not older than the last answer (as_of). A cache read that fails
     (but for a refusal or 429) or is not believed goes to storage at once; CACHE_MISSES in a row
     send the next CACHE_PAUSE reads there, and a refusal of the parameters (400, 422) all reads."""
-
     def __init__(self):
         self.seen = 0              # the newest version seen
         self.version = None        # the last answer's, then each event's: where a watch resumes
@@ -1628,9 +1572,8 @@ class Freshness:
         self.cache_refused = False
 
     def as_of(self, items, by_name):
-        """The version to ask the cache as of, or None (storage): a cache answer's own, an
-        object's by name; else the newest of the objects' (not the list's, etcd's latest of anything,
-        which a cache behind answers only after 3 s), or "0" for none."""
+        """The version to read the cache as of, or None (storage): a cache answer's own, an object's
+        by name, else its objects' newest (the list's is etcd's latest: a cache behind waits 3 s)."""
         if self.storage_reads > 0:
             self.storage_reads -= 1
             return None
@@ -1666,7 +1609,7 @@ class Freshness:
         self.seen = max(self.seen, version)
 
     def missed(self, error):
-        """A cache read failed (`error`) or was not believed (None); True where that is to be expected."""
+        """A cache read failed (`error`) or was not believed (None); True if to be expected."""
         self.misses += 1
         if error is not None and error.status in (400, 422):  # parameters not understood
             self.cache_refused = True
@@ -1676,13 +1619,11 @@ class Freshness:
 
 
 class Collection:
-    """One read: a list with selectors, an object by name (a list by metadata.name), or
-    discovery. `items`: what was last believed, by (namespace, name); `error`: the last read's
-    failure, which checks see instead; `mode`: "watch", "poll", "get" (by name, where list is
-    refused) or "discovery", changed by ApiReader.fall_back only."""
-
-    def __init__(self, key, kind, path, mode):
-        self.key = key
+    """One read: a list with selectors, an object by name, or discovery. `items`: what was last
+    believed; `error`: the last failure, which checks see instead; `mode`: "watch", "poll", "get"
+    (by name, where list is refused) or "discovery", changed by ApiReader.fall_back only."""
+    def __init__(self, reader, key, kind, path, mode):
+        self.reader, self.key = reader, key
         self.group_version, self.resource, self.namespace, self.labels, self.fields = key
         self.kind, self.path, self.mode = kind, path, mode
         self.name = self.fields[1] if self.fields and self.fields[0] == "metadata.name" else None
@@ -1702,7 +1643,7 @@ class Collection:
         return obj.get("kind") == (self.kind or obj.get("kind"))
 
     def selects(self, obj):
-        """Whether the object belongs to this read, whatever a server that ignores selectors sends."""
+        """Whether the object belongs to this read, whatever a server ignoring selectors sends."""
         meta = obj["metadata"]
         return (not self.namespace or meta.get("namespace") in (None, self.namespace)) \
             and (not self.labels or self.labels.matches(meta.get("labels"))) \
@@ -1718,8 +1659,7 @@ class Collection:
                              " in namespace " + self.namespace if self.namespace else "")
 
     def fetch(self, client, as_of):
-        """One request: (items, resourceVersion), as of `as_of` from the cache or, None, from
-        storage. The answer's shape and kind are checked; only what this read selects is kept."""
+        """One request, as of `as_of` (cache) or None (storage); shape and kind checked."""
         what = self.describe()
         if self.mode == "discovery":
             try:
@@ -1730,8 +1670,7 @@ class Collection:
                 return {}, None  # the group/version is not served (yet)
             if not isinstance(resources, list):
                 raise malformed(what, "no list of resources")
-            # Entries of the wrong shape, subresources (pods/log) and names no path could carry
-            # are left out.
+            # Entries of the wrong shape, subresources (pods/log), names no path carries: left out.
             return {r["name"]: r for r in resources if isinstance(r, dict)
                     and isinstance(r.get("name"), str) and OBJECT_NAME.fullmatch(r["name"])
                     and isinstance(r.get("kind"), str) and isinstance(r.get("namespaced"), bool)
@@ -1753,21 +1692,19 @@ class Collection:
         items = answer.get("items")
         if not isinstance(items, list) or not all(is_object(item) for item in items):
             raise malformed(what, "not a list of objects")
-        if not self.is_list_of(answer, items):
+        # A list of this read's kind: `<Kind>List` for the kinds the checks read; a CRD may name
+        # its list otherwise, but then its items must each say the kind.
+        if answer.get("kind") == "%sList" % self.kind:
+            of_kind = all(item.get("kind", self.kind) == self.kind for item in items)
+        else:
+            of_kind = (self.group_version, self.resource) not in BUILT_IN_KINDS and answer.get(
+                "kind") != "Status" and all(item.get("kind") == self.kind for item in items)
+        if not of_kind:
             raise malformed(what, "kind %s, not a list of %s objects"
                             % (shown(answer.get("kind"), 40), self.kind))
         version = dig(answer, "metadata", "resourceVersion")
         return ({object_key(item): item for item in items if self.selects(item)},
                 version if isinstance(version, str) else None)
-
-    def is_list_of(self, answer, items):
-        """A list of this read's kind: `<Kind>List` for the kinds the checks read; a CRD
-        may name its list otherwise, but its items must each say the kind."""
-        if answer.get("kind") == "%sList" % self.kind:
-            return all(item.get("kind", self.kind) == self.kind for item in items)
-        return ((self.group_version, self.resource) not in BUILT_IN_KINDS
-                and answer.get("kind") != "Status"
-                and all(item.get("kind") == self.kind for item in items))
 
     def took(self, items, version, from_cache, now):
         """Make a believed answer what the checks see (the lock held); False if not believed."""
@@ -1779,11 +1716,100 @@ class Collection:
         self.read_at = now if not from_cache else self.read_at
         return True
 
+    def watch(self):
+        """The thread keeping this collection fresh from watch streams while it is in use; each
+        event is believed first, and an error nobody foresaw hands it to the engine's polling."""
+        try:
+            self._follow()
+        except Exception as e:
+            self.reader.fall_back(self, "poll", "watch failed", "watching %s failed (%s: %s); "
+                                  "polling it every %gs instead" % (self.describe(),
+                                                                    type(e).__name__, e,
+                                                                    self.reader.interval))
+
+    def _follow(self):
+        import random
+        reader = self.reader
+        failures, relist = 0, False
+        while not self.stopped and self.mode == "watch":
+            if relist or self.error is not None:
+                relist = False
+                if reader.refresh(self):
+                    reader.changes.put(self.key)
+                if self.error is not None:
+                    failures += 1  # the list's own error is already logged
+                    time.sleep(backoff(failures, reader.interval, self.error.retry_after))
+                    continue
+            seconds = WATCH_SECONDS + random.randint(0, 60)
+            query = self.query(watch="1", allowWatchBookmarks="true",
+                                     timeoutSeconds=str(seconds))
+            if self.freshness.version:
+                query["resourceVersion"] = self.freshness.version
+            opened, error = reader.clock(), None
+            try:
+                for event, size in reader.client.watch(self.path, query,
+                                                       seconds + WATCH_SILENCE):
+                    if self.stopped:
+                        return
+                    self.event_bytes += size
+                    if self.event_bytes > MAX_ANSWER_BYTES:
+                        # Bounded as a list is, or a server could grow the memory: list afresh.
+                        raise ApiError(410, "more than %d MiB of changes since the last list"
+                                       % (MAX_ANSWER_BYTES >> 20), "Expired")
+                    self._apply(event)
+                    reader.trouble(self, None)
+            except ApiError as e:
+                error = e
+            action, failures, delay = after_stream(error, reader.clock() - opened, failures,
+                                                   reader.interval)
+            if action == "poll" and self.mode == "watch":
+                reader.fall_back(self, "poll", "watch refused", reader.refusal(
+                    "watch", self, "polling every %gs instead; grant 'watch' to react at once"
+                    % reader.interval))
+            if self.mode != "watch":
+                return  # the engine polls it from now on (fall_back told it)
+            if error is not None and error.status != 410:
+                reader.trouble(self, error)
+            relist = action == "relist"
+            time.sleep(delay)
+
+    def _apply(self, event):
+        """One watch event: malformed unless shaped like one; left out unless believed."""
+        reader = self.reader
+        kind = event.get("type") if isinstance(event, dict) else None
+        obj = event.get("object") if kind in WATCH_EVENTS else None
+        if not isinstance(obj, dict):
+            raise malformed(self.describe(), "not a watch event")
+        if kind == "ERROR":
+            code = obj.get("code")
+            raise status_error(code if type(code) is int else None, obj, "watch error", "")
+        version = object_version(obj)
+        if kind == "BOOKMARK":
+            if version is not None:
+                with reader.lock:
+                    self.freshness.moved(version)
+            return
+        if not is_object(obj) or not self.of_kind(obj) or version is None:
+            raise malformed(self.describe(), "an event without an object of its kind and its "
+                                             "resourceVersion")
+        key = object_key(obj)
+        with reader.lock:
+            if self.items is None:
+                return  # (no watch starts before its list is read)
+            if not self.freshness.believes_change(self.items.get(key), version):
+                log("DEBUG", "an event older than what was seen of %s, left out: %s %s at %d"
+                    % (self.describe(), kind, key[1], version))
+                return
+            if kind == "DELETED" or not self.selects(obj):
+                self.items.pop(key, None)
+            else:
+                self.items[key] = obj
+            self.freshness.moved(version)
+        reader.changes.put(self.key)
+
 
 class ApiReader:
-    """The read interface the checks use (get, list, resource_for), answered from collections;
-    and what the engine drives: begin/end (what a check read), follow, poll, wait."""
-
+    """The read interface of the checks (get, list, resource_for); what the engine drives."""
     def __init__(self, client, interval=POLL_INTERVAL, watch=True, clock=time.monotonic):
         import queue
         self.client, self.interval, self.watch_allowed, self.clock = client, interval, watch, clock
@@ -1792,8 +1818,7 @@ class ApiReader:
         self.reads = set()          # collections read by the check being evaluated
         self.began = 0.0            # when that check began: a fresh read is one made since
         self.changes, self._empty = queue.Queue(), queue.Empty  # changed keys, from watchers
-        self.said = set()           # messages logged once
-        self.watch_refused = set()  # collection paths where watching is refused: poll them
+        self.said, self.watch_refused = set(), set()  # messages said once; paths not to watch
         self.troubles = {}          # collection key -> [last error text, times seen]
         self.merged = {}            # a read's key -> the key of the merged read that answers it
         self.kinds = dict(BUILT_IN_KINDS)  # (group version, resource) -> the kind it serves
@@ -1801,9 +1826,8 @@ class ApiReader:
     # What checks call ---------------------------------------------------------------------------
 
     def get(self, group_version, resource, namespace, name, settled=None, fresh=False):
-        """The object, or None while it does not exist. `settled(obj)`: true once what is
-        needed of it cannot change (it is then not read again); `fresh`: read from storage during
-        this check, whatever is kept."""
+        """The object, or None. `settled(obj)`: true once what is needed of it cannot change (not
+        read again); `fresh`: read from storage during this check, whatever is kept."""
         key = (group_version, resource, namespace, None, Field("metadata.name", name))
         if settled is not None and key in self.settled and not fresh:
             return self.settled[key]
@@ -1820,7 +1844,7 @@ class ApiReader:
         return self._answer((group_version, resource, namespace, labels or None, fields or None))
 
     def resource_for(self, group_version, kind):
-        """The discovery entry serving `kind`, or None while none does (its CRD not installed yet)."""
+        """The discovery entry serving `kind`, or None while none does (no CRD yet)."""
         if (group_version, kind) not in self.settled:
             key = (group_version, None, None, None, None)
             served = [r for r in self._answer(key) if r["kind"] == kind]
@@ -1832,8 +1856,7 @@ class ApiReader:
         return self.settled[(group_version, kind)]
 
     def merge(self, reads):
-        """Label reads that one selector can say together become one read: `k=a` and `k=b`
-        become `k in (a,b)` (MERGE_LIMIT values at most); each check still sees only its own."""
+        """Reads one selector can say become one (`k in (a,b)`); each check sees only its own."""
         groups = {}
         for group_version, resource, namespace, labels in reads:
             [(key, _, (value,))] = labels
@@ -1877,8 +1900,7 @@ class ApiReader:
         return self.reads
 
     def follow(self, in_use):
-        """Watch the collections in use; forget the rest. A watched one out of use is kept
-        for UNUSED_GRACE seconds: a read that flips in and out must not cost a list each time."""
+        """Watch the collections in use; forget the rest (a watched one after UNUSED_GRACE)."""
         now = self.clock()
         for key in list(self.collections):
             collection = self.collections[key]
@@ -1893,9 +1915,9 @@ class ApiReader:
                 continue
             if collection.mode == "watch" and collection.items is not None \
                     and collection.watcher is None:
-                collection.watcher = Watcher(self, collection)
+                collection.watcher = threading.Thread(target=collection.watch, daemon=True)
                 try:
-                    start_thread(collection.watcher.thread)
+                    start_thread(collection.watcher)
                 except RuntimeError as e:  # a low pids limit: poll this one instead
                     collection.watcher = None
                     self.fall_back(collection, "poll", "no thread",
@@ -1903,7 +1925,7 @@ class ApiReader:
                                    "instead" % (collection.describe(), e, self.interval))
 
     def poll(self, in_use):
-        """Refresh the polled collections in use that are due; return the keys whose answer changed."""
+        """Refresh the polled collections in use that are due; the keys whose answer changed."""
         now = self.clock()
         due = [c for k, c in self.collections.items() if k in in_use and c.next_refresh <= now
                and (c.mode != "watch" or c.watcher is None and c.items is None)]
@@ -1926,11 +1948,10 @@ class ApiReader:
         path = self.client.path(group_version, resource, namespace)
         mode = "discovery" if resource is None else "watch" if self.watch_allowed \
             and path not in self.watch_refused else "poll"
-        return Collection(key, self.kinds.get((group_version, resource)), path, mode)
+        return Collection(self, key, self.kinds.get((group_version, resource)), path, mode)
 
     def refresh(self, collection, fresh=False):
-        """Read the collection once (from storage where `fresh`); True if what the checks
-        see changed. A failure is kept in the collection (fresh: raised, checked again next round)."""
+        """Read the collection once (from storage if `fresh`); True if what checks see changed."""
         try:
             items, version, from_cache = self._read(collection, fresh)
             with self.lock:
@@ -1958,16 +1979,15 @@ class ApiReader:
                 collection.error = e
             return changed
         self.trouble(collection, None)
-        if collection.mode == "discovery":
-            # a kind not served yet: look again, less and less often while nothing changes
-            collection.failures = 0 if changed else collection.failures + 1
-            collection.next_refresh = self.clock() + backoff(collection.failures, self.interval)
-        else:
-            collection.failures, collection.next_refresh = 0, 0.0  # polled: due every round
+        # Polled: due every round; discovery of a kind not served yet: less often while unchanged.
+        discovery = collection.mode == "discovery"
+        collection.failures = collection.failures + 1 if discovery and not changed else 0
+        collection.next_refresh = self.clock() + backoff(collection.failures, self.interval) \
+            if discovery else 0.0
         return changed
 
     def _read(self, collection, fresh):
-        """(items, version, from the cache?): from the cache where Freshness says so and believes it."""
+        """(items, version, from the cache?): from the cache where Freshness says so."""
         freshness = collection.freshness
         as_of = None if fresh or collection.mode == "discovery" or collection.error else \
             freshness.as_of(collection.items, collection.mode == "get")
@@ -2004,8 +2024,7 @@ class ApiReader:
             raise malformed(collection.describe(), "%s: %s" % (type(e).__name__, e))
 
     def fall_back(self, collection, mode, why, message):
-        """The one place a collection's mode changes, said once per resource and reason;
-        the engine is told, and where watching is refused, the resource is polled from then on."""
+        """The one place a mode changes, said once per resource and reason; the engine is told."""
         collection.mode = mode
         if why == "watch refused":
             self.watch_refused.add(collection.path)
@@ -2043,110 +2062,10 @@ class ApiReader:
             log("WARNING", "reading %s failed: %s; retrying" % (collection.describe(), error))
 
 
-class Watcher:
-    """The thread that keeps one collection fresh from watch streams while it is in use; each
-    event passes Freshness first, and an error nobody foresaw hands the collection to polling."""
-
-    def __init__(self, reader, collection):
-        self.reader, self.collection = reader, collection
-        self.thread = threading.Thread(target=self.run, daemon=True)
-
-    def run(self):
-        try:
-            self.follow()
-        except Exception as e:
-            self.reader.fall_back(self.collection, "poll", "watch failed",
-                                  "watching %s failed (%s: %s); polling it every %gs instead"
-                                  % (self.collection.describe(), type(e).__name__, e,
-                                     self.reader.interval))
-
-    def follow(self):
-        import random
-        reader, collection = self.reader, self.collection
-        failures, relist = 0, False
-        while not collection.stopped and collection.mode == "watch":
-            if relist or collection.error is not None:
-                relist = False
-                if reader.refresh(collection):
-                    reader.changes.put(collection.key)
-                if collection.error is not None:
-                    failures += 1  # the list's own error is already logged
-                    time.sleep(backoff(failures, reader.interval, collection.error.retry_after))
-                    continue
-            seconds = WATCH_SECONDS + random.randint(0, 60)
-            query = collection.query(watch="1", allowWatchBookmarks="true",
-                                     timeoutSeconds=str(seconds))
-            if collection.freshness.version:
-                query["resourceVersion"] = collection.freshness.version
-            opened, error = reader.clock(), None
-            try:
-                for event, size in reader.client.watch(collection.path, query,
-                                                       seconds + WATCH_SILENCE):
-                    if collection.stopped:
-                        return
-                    collection.event_bytes += size
-                    if collection.event_bytes > MAX_ANSWER_BYTES:
-                        # A list is bounded; so are the changes believed on top of it, or a
-                        # server could grow the memory without end: list afresh.
-                        raise ApiError(410, "more than %d MiB of changes since the last list"
-                                       % (MAX_ANSWER_BYTES >> 20), "Expired")
-                    self.apply(event)
-                    reader.trouble(collection, None)
-            except ApiError as e:
-                error = e
-            action, failures, delay = after_stream(error, reader.clock() - opened, failures,
-                                                   reader.interval)
-            if action == "poll" and collection.mode == "watch":
-                reader.fall_back(collection, "poll", "watch refused", reader.refusal(
-                    "watch", collection, "polling every %gs instead; grant 'watch' to react at "
-                                         "once" % reader.interval))
-            if collection.mode != "watch":
-                return  # the engine polls it from now on (fall_back told it)
-            if error is not None and error.status != 410:
-                reader.trouble(collection, error)
-            relist = action == "relist"
-            time.sleep(delay)
-
-    def apply(self, event):
-        """One watch event: malformed unless shaped like one; left out unless Freshness believes it."""
-        collection, reader = self.collection, self.reader
-        kind = event.get("type") if isinstance(event, dict) else None
-        obj = event.get("object") if kind in WATCH_EVENTS else None
-        if not isinstance(obj, dict):
-            raise malformed(collection.describe(), "not a watch event")
-        if kind == "ERROR":
-            code = obj.get("code")
-            raise status_error(code if type(code) is int else None, obj, "watch error", "")
-        version = object_version(obj)
-        if kind == "BOOKMARK":
-            if version is not None:
-                with reader.lock:
-                    collection.freshness.moved(version)
-            return
-        if not is_object(obj) or not collection.of_kind(obj) or version is None:
-            raise malformed(collection.describe(), "an event without an object of its kind "
-                                                   "and its resourceVersion")
-        key = object_key(obj)
-        with reader.lock:
-            if collection.items is None:
-                return  # (no watch starts before its list is read)
-            if not collection.freshness.believes_change(collection.items.get(key), version):
-                log("DEBUG", "an event older than what was seen of %s, left out: %s %s at %d"
-                    % (collection.describe(), kind, key[1], version))
-                return
-            if kind == "DELETED" or not collection.selects(obj):
-                collection.items.pop(key, None)
-            else:
-                collection.items[key] = obj
-            collection.freshness.moved(version)
-        reader.changes.put(collection.key)
-
-
 def after_stream(error, lasted, failures, interval):
-    """What a watch does when its stream ends: (action, failures in a row, seconds to wait).
-    "resume"; "relist" (history gone, 410, or a failure); "poll" (watch refused 403, or 405). A
-    stream that lasted HEALTHY_STREAM and ended cleanly resumes at once; the first early end or
-    410 is retried at once; failures in a row back off, so that no answer makes it spin."""
+    """What a watch does when its stream ends: (action, failures in a row, seconds to wait):
+    "resume", "relist" (410, a failure) or "poll" (403, 405). A clean end after HEALTHY_STREAM
+    resumes at once, as does the first early end or 410; failures in a row back off."""
     if error is None and lasted >= HEALTHY_STREAM:
         return "resume", 0, 0.0
     if error is not None and error.status in (403, 405):
@@ -2158,13 +2077,11 @@ def after_stream(error, lasted, failures, interval):
     return "relist", failures, backoff(failures, interval, error.retry_after)
 
 
-
 # 8. API client ====================================================================================
 # HTTPS requests and watch streams with the service-account token.
 
 class ApiError(Exception):
     """A request that did not give an answer: `status` is the HTTP code, or None when none came."""
-
     def __init__(self, status, message, reason="", retry_after=None):
         super().__init__(message)
         self.status, self.message = status, message
@@ -2178,15 +2095,12 @@ class ApiError(Exception):
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # one answer or one watch event; more is malformed
 MAX_ERROR_BYTES = 64 * 1024         # what is read of an error answer
 RETRY_AFTER_LIMIT = 10              # seconds: the longest Retry-After honoured (then backoff)
-# A bearer token's characters (RFC 6750): anything else would break the header (and the error
-# would show it), or be escaped in a JSON log line where redact() would not recognise it.
+# A bearer token's characters (RFC 6750): others would break the header or escape redact().
 TOKEN_TEXT = re.compile(r"[A-Za-z0-9._~+/-]{1,65536}=*")
 
 
 class TokenFile:
-    """The service-account token, reread every minute (the kubelet rotates it) and on demand;
-    every output line is cleaned of it (see keep_secret)."""
-
+    """The service-account token, reread every minute (the kubelet rotates it) and on demand."""
     def __init__(self, path, clock=time.monotonic):
         self.path, self.clock = path, clock
         self.value = self.read_at = self.problem = None
@@ -2231,20 +2145,16 @@ def api_server_url(env, variable_hint):
     if not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536:
         raise ConfigError("KUBERNETES_SERVICE_PORT", "%s is not a port number" % shown(port))
     bracketed = host.startswith("[") and host.endswith("]")
-    address = ip_address(host[1:-1] if bracketed else host)
-    if not (is_host(host) or bracketed and address is not None and address.version == 6):
+    ipv6 = getattr(ip_address(host[1:-1] if bracketed else host), "version", 0) == 6
+    if not (is_host(host) or bracketed and ipv6):
         raise ConfigError("KUBERNETES_SERVICE_HOST", "%s is not a host name or address"
                           % shown(host))
-    if address is not None and address.version == 6:
-        host = "[%s]" % address
-    return "https://%s:%s" % (host, port)
+    return "https://%s:%s" % ("[%s]" % ip_address(host.strip("[]")) if ipv6 else host, port)
 
 
 class ApiClient:
-    """GETs, watch streams and Event writes, each thread on its own kept-alive connection:
-    verified HTTPS with the token (plain HTTP only for kubectl proxy on this machine), one deadline
-    for all of a request and a size limit on every answer."""
-
+    """GETs, watch streams and Event writes, each thread on its own kept-alive connection: HTTPS
+    verified, with the token (plain HTTP only to this machine); one deadline, bounded answers."""
     def __init__(self, server_url, serviceaccount_dir, timeout=REQUEST_TIMEOUT):
         import http.client
         import urllib.parse
@@ -2271,13 +2181,11 @@ class ApiClient:
             self._connection_class = bounded_connection(http.client.HTTPConnection)
 
     def _connect(self):
-        if self._context is None:
-            return self._connection_class(self._host, self._port or 80)
-        return self._connection_class(self._host, self._port or 443, context=self._context)
+        return self._connection_class(self._host, self._port or 80) if self._context is None \
+            else self._connection_class(self._host, self._port or 443, context=self._context)
 
     def path(self, group_version, resource, namespace=None, name=None):
-        """The URL path of a collection, an object or discovery, every part quoted (whether it came
-        from the environment or the server): URLs are built here only."""
+        """The URL path of a collection, object or discovery, each part quoted: built here only."""
         quote = self._quote
         parts = [self._prefix + ("/api/v1" if group_version == "v1"
                                  else "/apis/" + quote(group_version, safe="/"))]
@@ -2298,8 +2206,7 @@ class ApiClient:
         return answer
 
     def watch(self, path, query, seconds):
-        """Yield (event, its size) for each event of a watch stream until it ends; the
-        stream may last `seconds`, and no event may be larger than an answer."""
+        """Yield (event, its size) until the stream ends; no event larger than an answer."""
         response = self._open(path, query)
         if response.status != 200:
             raise self._error(response, self._read_body(response, MAX_ERROR_BYTES))
@@ -2331,8 +2238,7 @@ class ApiClient:
         return response.status
 
     def _read_body(self, response, limit):
-        """The whole body, at most `limit` bytes; cut short or too large is an ApiError (an error
-        answer's body is kept as far as it came)."""
+        """The whole body, at most `limit` bytes; cut short or too large: an ApiError."""
         chunks, size = [], 0
         too_large = malformed(None, "larger than %d KiB" % (limit >> 10))
         try:
@@ -2368,8 +2274,7 @@ class ApiClient:
                             if re.fullmatch("[0-9]{1,9}", retry_after) else None)
 
     def _open(self, path, query, method="GET", body=None, content_type=None):
-        """Send a request (one deadline until its body is read); after a 401, reread the
-        token and send it again if it changed."""
+        """Send a request (one deadline); after a 401, again with a reread token if it changed."""
         if query:
             path += "?" + self._urlencode(query)
         deadline = time.monotonic() + self._timeout
@@ -2383,8 +2288,7 @@ class ApiClient:
         return response
 
     def _send(self, method, path, deadline, body=None, content_type=None):
-        """One request on this thread's kept-alive connection, reopened once if the server had
-        closed it (a write sent twice that way is harmless: an Event's name is ours)."""
+        """One request on this thread's connection, reopened once if the server closed it."""
         headers = {"Accept": "application/json", "User-Agent": "kubernetes-entrypoint/" + __version__}
         if body is not None:
             headers["Content-Type"] = content_type
@@ -2442,16 +2346,13 @@ def status_error(code, status, message, reason, retry_after=None):
                     clip(str(why if isinstance(why, str) and why else reason), 100), retry_after)
 
 
-
 # 9. Connections ===================================================================================
 # Every request to the API server within one deadline, from the name lookup to the last byte of the
 # answer; TLS verified as client-go verifies it.
 
 class DeadlineSocket:
-    """A socket whose every send and receive ends at its connection's deadline, so that a
-    server trickling a byte at a time cannot hold a request longer; closed only once the response
-    being read is done (as socket.makefile does)."""
-
+    """A socket whose every send and receive ends at its connection's deadline (no trickling server
+    holds a request longer); closed only once the response being read is done."""
     def __init__(self, sock, connection):
         self._sock, self._connection = sock, connection
         self._readers, self._closed = 0, False
@@ -2481,7 +2382,6 @@ class DeadlineSocket:
 
 class SocketReader(io.RawIOBase):
     """The raw stream http.client reads a response from, through a DeadlineSocket."""
-
     def __init__(self, sock):
         super().__init__()
         self._sock = sock
@@ -2511,9 +2411,8 @@ LOOKUPS_LOCK = threading.Lock()
 
 
 def addresses(host, port, deadline):
-    """getaddrinfo within `deadline`: the lookup runs in a thread waited for until then, and a
-    request for a host being looked up waits for that lookup: a resolver that never answers holds
-    one thread, not one per request."""
+    """getaddrinfo within `deadline`, in a thread waited for until then; a request for a host being
+    looked up waits for that lookup, so a resolver that never answers holds one thread."""
     def look_up():
         try:
             lookup.answer = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -2551,7 +2450,7 @@ def addresses(host, port, deadline):
 
 
 def connect_before(deadline, address):
-    """A TCP connection to (host, port), lookup included, before `deadline`; the rest is the handshake's."""
+    """A TCP connection to (host, port), lookup included, before `deadline`."""
     host, port = address
     failure = None
     for family, kind, protocol, _, socket_address in addresses(host, port, deadline):
@@ -2568,7 +2467,7 @@ def connect_before(deadline, address):
 
 
 def bounded_connection(base):
-    """An http.client connection class whose every step fits in `deadline`, set before each request."""
+    """An http.client connection class whose every step fits in `deadline`."""
 
     class Bounded(base):
         deadline = 0.0
@@ -2582,9 +2481,8 @@ def bounded_connection(base):
 
 
 def tls_context(ca_path):
-    """Verify the API server as client-go does: a chain to any certificate in `ca_path`, a
-    subjectAltName matching the host (not the CN). OpenSSL's strict X.509 rules (on in Python
-    3.13) refuse what real clusters serve and Go accepts: they are off on every version."""
+    """Verify the API server as client-go does: a chain to any certificate in `ca_path`, a SAN
+    matching the host, and not OpenSSL's strict X.509 rules (Python 3.13), which refuse real ones."""
     import ssl
     context = ssl.create_default_context(cafile=ca_path)
     context.verify_flags = ((context.verify_flags & ~ssl.VERIFY_X509_STRICT)
@@ -2595,11 +2493,10 @@ def tls_context(ca_path):
 
 
 def describe_failure(error):
-    """A connection's failure for a log line; not a ValueError's text (it can quote the token's header)."""
+    """A connection's failure for a log line; not a ValueError's (it can quote a header)."""
     if isinstance(error, ValueError) and not isinstance(error, OSError):  # (TLS errors are both)
         return "the request could not be sent (%s)" % type(error).__name__
     return clip(str(error) or type(error).__name__, 300)
-
 
 
 # 10. Files ========================================================================================
@@ -2607,9 +2504,8 @@ def describe_failure(error):
 # signal leaves a temporary file behind.
 
 def write_file_atomically(path, data):
-    """Write `data` all or nothing: into a new temporary file (random name, created
-    exclusively, never through a planted symlink; the old file's mode or 0644), flushed, renamed
-    over `path`. A single-file mount (EBUSY) or read-only directory: written in place."""
+    """Write `data` all or nothing: a new temporary file (random, exclusive, no symlink, the
+    old mode or 0644), flushed, renamed over; a single-file mount or read-only directory: in place."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     try:
@@ -2645,7 +2541,7 @@ def write_file_atomically(path, data):
 
 
 def write_all(fd, data, at=None):
-    """os.write until all is written; with `at`, from that offset, the file then ending with the data."""
+    """os.write until all is written; with `at`, from there, the file then ending with it."""
     if at is not None:
         os.lseek(fd, at, os.SEEK_SET)
     view = memoryview(data)
@@ -2659,8 +2555,7 @@ def write_all(fd, data, at=None):
 
 
 def write_in_place(path, data):
-    """Rewrite a file that cannot be replaced (a single-file mount): over the old bytes,
-    which are put back if the write fails, so a full disk leaves no half file."""
+    """Rewrite a file that cannot be replaced (a single-file mount); put back on failure."""
     fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
     try:
         old = b""
@@ -2684,7 +2579,6 @@ def write_in_place(path, data):
         os.close(fd)
 
 
-
 # 11. Events =======================================================================================
 # Why the pod waits, where `kubectl describe pod` and `kubectl get events` show it.
 
@@ -2699,11 +2593,9 @@ LAST = "last"             # the key of the last event: met, timed out, stopped, 
 
 
 class Events:
-    """Core v1 Events on this pod, written by one background thread, so that no write can delay
-    the wait or the command. record() keeps the latest event per key and returns at once; writes
-    are spaced (one per key per EVENT_SPACING, EVENT_BURST in all, refilled slowly), the same
-    event raises its count by PATCH, and a refusal (403) is said once and ends the writing."""
-
+    """Core v1 Events on this pod, written by a background thread (no write delays the wait).
+    record() keeps the latest per key; writes are spaced (EVENT_SPACING a key, EVENT_BURST refilled
+    slowly); the same event raises its count by PATCH; a refusal (403) is said once and ends it."""
     def __init__(self, make_client, namespace, pod_name, clock=time.monotonic, wall=time.time,
                  background=True):
         self.make_client = make_client  # called on the thread: no cost before the first event
@@ -2771,7 +2663,7 @@ class Events:
         return True
 
     def _due(self, now):
-        """(the key to write now, None), or (None, seconds until one may be; None: nothing to do)."""
+        """(the key to write now, None), or (None, seconds until one may be, or None)."""
         if LAST in self.pending:
             return LAST, None  # one write, whatever the budget: it says how the wait ended
         if self.last_only or not self.pending:
@@ -2808,7 +2700,7 @@ class Events:
             self._again(key, item)
 
     def _again(self, key, item):
-        """Write the item again in its key's next turn (unless replaced); never the last event twice."""
+        """Write the item again in its key's next turn (unless replaced); never the last."""
         if key != LAST:
             with self.lock:
                 self.pending.setdefault(key, item)
@@ -2820,8 +2712,7 @@ class Events:
             self.lock.notify_all()
 
     def _pod_reference(self):
-        """This pod as an Event's involvedObject. The uid is what `kubectl describe pod` selects
-        events by; where the pod cannot be read, events go without it (and say so once)."""
+        """This pod as involvedObject, with its uid (`kubectl describe pod` needs it)."""
         reference = {"apiVersion": "v1", "kind": "Pod", "namespace": self.namespace,
                      "name": self.pod_name}
         try:
@@ -2842,8 +2733,7 @@ class Events:
         return reference
 
     def _send(self, key, event_type, reason, message):
-        """Raise the count of the same event, else create it; one write per call. An event to
-        count that expired (404) is made anew in the key's next turn (at once for the last one)."""
+        """Raise the same event's count (PATCH), else create it; one write per call."""
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall()))
         item = (event_type, reason, message)
         known = self.written.get(item)
@@ -2878,8 +2768,7 @@ class Events:
 
 
 def events_for(env, settings, reader=None):
-    """The pod's Events, or None (no POD_NAME, or ENTRYPOINT_EVENTS=false); the client is the
-    reader's, or made on the first event."""
+    """The pod's Events, or None (no POD_NAME, or ENTRYPOINT_EVENTS=false)."""
     if not settings.events or not settings.pod_name:
         return None
     namespace = read_text(os.path.join(settings.serviceaccount_dir, "namespace")).strip()
@@ -2893,7 +2782,6 @@ def events_for(env, settings, reader=None):
                   settings.pod_name)
 
 
-
 # 12. Logging ======================================================================================
 # One place writes every line, so the format cannot drift; no token is ever in one.
 
@@ -2902,21 +2790,18 @@ LOG = types.SimpleNamespace(json=False, threshold=LEVELS.index("INFO"))
 
 
 def log(level, message, dependency=None):
-    """One line about this program's own work, errors to stderr, the rest to stdout: the original's
-    `Entrypoint LEVEL: YYYY/MM/DD HH:MM:SS message`, or JSON; control characters escaped."""
+    """One line about our own work (errors to stderr), as the original writes it, or JSON."""
     if LEVELS.index(level) < LOG.threshold:
         return
     now = time.time()
     if LOG.json:
         record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
                   + ".%03dZ" % (now % 1 * 1000), "level": level.lower(), "message": message}
-        if dependency is not None:
-            record["dependency"] = str(dependency)
+        record.update({"dependency": str(dependency)} if dependency is not None else {})
         line = json.dumps(record) + "\n"
     else:
-        line = "Entrypoint %s: %s %s\n" % (level, time.strftime("%Y/%m/%d %H:%M:%S",
-                                                               time.localtime(now)),
-                                          one_line(message))
+        line = "Entrypoint %s: %s %s\n" % (
+            level, time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(now)), one_line(message))
     write(sys.stderr if level == "ERROR" else sys.stdout, line)
 
 
@@ -2934,16 +2819,15 @@ def shown(value, limit=80):
     return text if len(text) <= limit else text[:limit - 4] + "...'"
 
 
-# The tokens never printed, whatever text carries them: the current one and the one before
-# (a request may still carry it), and every PIECE characters in a row of each, so that a piece
-# of one is found too. One tuple and one set, replaced whole: a thread reads them as they are.
+# The tokens never printed: the current one and the one before (a request may carry it), and
+# every PIECE characters in a row of each, so that a piece is found too; each replaced whole.
 SECRETS = types.SimpleNamespace(tokens=(), pieces=frozenset())
 PIECE = 16
 TOKEN_RUN = re.compile(r"[A-Za-z0-9._~+/=-]{%d,}" % PIECE)  # characters a token is made of
 
 
 def keep_secret(token):
-    """A token read is kept out of every line from now on, with the one before; older ones are forgotten."""
+    """Keep a token out of every line, with the one before it; older ones are forgotten."""
     if token not in SECRETS.tokens:
         tokens = SECRETS.tokens[-1:] + (token,)
         SECRETS.pieces = frozenset(t[i:i + PIECE] for t in tokens
@@ -2977,13 +2861,13 @@ def hide_pieces(run, pieces):
 
 
 def clip(text, limit):
-    """Text cut to `limit` characters, the token taken out first (a cut piece would escape redact)."""
+    """Text cut to `limit` characters, the token taken out first (a cut piece escapes redact)."""
     text = redact(text)
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def write(stream, text):
-    """Write unbuffered to the stream's descriptor; a closed stream or a broken pipe drops the text."""
+    """Write unbuffered to the stream's descriptor; a closed stream or broken pipe drops it."""
     if stream is None:
         return
     data = redact(text).encode("utf-8", "backslashreplace")
