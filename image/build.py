@@ -25,9 +25,8 @@ import zipfile
 SHEBANG = b"#!/usr/bin/python3 -IS\n"
 EXECUTABLE = "usr/local/bin/kubernetes-entrypoint"
 # What is imported without an import statement in the source: by Python itself to run a zip
-# application, by the codec lookup when ssl encodes the server's host name, and by argparse's
-# messages (--help, a wrong option).
-RUNTIME_MODULES = ("runpy", "zipimport", "encodings.idna", "locale", "gettext")
+# application, and by the codec lookup when ssl encodes the server's host name.
+RUNTIME_MODULES = ("runpy", "zipimport", "encodings.idna")
 
 
 def imported_modules(source):

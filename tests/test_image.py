@@ -167,8 +167,8 @@ def compiled_from_source(stderr):
 
 
 def test_nothing_is_compiled_at_start(tmp_path):
-    """A TLS request (whose host name goes through the idna codec) and --help (argparse's
-    messages) load only bytecode: the build compiled all they import, even without an import
+    """A TLS request (whose host name goes through the idna codec) and --help (every option's
+    text) load only bytecode: the build compiled all they import, even without an import
     statement in the source."""
     verbose = ["--read-only", "--entrypoint", "/usr/bin/python3"]
     executable = ["-I", "-S", "-v", "/usr/local/bin/kubernetes-entrypoint"]
