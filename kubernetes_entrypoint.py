@@ -1735,7 +1735,7 @@ class Collection:
             if relist or self.error is not None:
                 relist = False
                 if reader.refresh(self):
-                    reader.changes.put(self.key)
+                    reader.tell(self.key)
                 if self.error is not None:
                     failures += 1  # the list's own error is already logged
                     time.sleep(backoff(failures, reader.interval, self.error.retry_after))
@@ -1805,19 +1805,18 @@ class Collection:
             else:
                 self.items[key] = obj
             self.freshness.moved(version)
-        reader.changes.put(self.key)
+        reader.tell(self.key)
 
 
 class ApiReader:
     """The read interface of the checks (get, list, resource_for); what the engine drives."""
     def __init__(self, client, interval=POLL_INTERVAL, watch=True, clock=time.monotonic):
-        import queue
         self.client, self.interval, self.watch_allowed, self.clock = client, interval, watch, clock
         self.collections, self.lock = {}, threading.Lock()
         self.settled = {}           # answers that can no longer change, read once
         self.reads = set()          # collections read by the check being evaluated
         self.began = 0.0            # when that check began: a fresh read is one made since
-        self.changes, self._empty = queue.Queue(), queue.Empty  # changed keys, from watchers
+        self.changes, self.changed = threading.Condition(), set()  # keys changed, from watchers
         self.said, self.watch_refused = set(), set()  # messages said once; paths not to watch
         self.troubles = {}          # collection key -> [last error text, times seen]
         self.merged = {}            # a read's key -> the key of the merged read that answers it
@@ -1933,13 +1932,16 @@ class ApiReader:
 
     def wait(self, timeout):
         """Block until a watched collection changes or `timeout` passes; return the changed keys."""
-        changed = set()
-        try:
-            changed.add(self.changes.get(timeout=max(timeout, 0.001)))
-            while True:
-                changed.add(self.changes.get_nowait())
-        except self._empty:
-            return changed
+        with self.changes:
+            self.changes.wait_for(lambda: self.changed, max(timeout, 0.001))
+            changed, self.changed = self.changed, set()
+        return changed
+
+    def tell(self, key):
+        """The collection `key` changed (from any thread): the engine's wait ends."""
+        with self.changes:
+            self.changed.add(key)
+            self.changes.notify()
 
     # Keeping collections fresh ------------------------------------------------------------------
 
@@ -2029,7 +2031,7 @@ class ApiReader:
         if why == "watch refused":
             self.watch_refused.add(collection.path)
         self.say_once((why, collection.path), message)
-        self.changes.put(collection.key)
+        self.tell(collection.key)
 
     # Saying what goes wrong, once ---------------------------------------------------------------
 
@@ -2558,12 +2560,7 @@ def write_in_place(path, data):
     """Rewrite a file that cannot be replaced (a single-file mount); put back on failure."""
     fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
     try:
-        old = b""
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            old += chunk
+        old = b"".join(iter(lambda: os.read(fd, 1 << 20), b""))
         if old == data:
             return
         try:
