@@ -31,12 +31,14 @@ def populate(api, deps, pod_name, namespace):
     """Every object the dependencies read, there but not met."""
     api.put(k8s.pod(pod_name, namespace, node="node-a"))
     for dep in deps:
-        if dep.variable == "DEPENDENCY_SERVICE":
+        variable = dep.kind.variable
+        if variable == "DEPENDENCY_SERVICE":
             api.put(k8s.endpoint_slice(dep.name, dep.namespace, addresses=(("10.0.0.1", False),)))
-        elif dep.variable in ("DEPENDENCY_JOBS", "DEPENDENCY_JOBS_JSON") and dep.name:
+        elif variable in ("DEPENDENCY_JOBS", "DEPENDENCY_JOBS_JSON") and dep.name:
             api.put(k8s.job(dep.name, dep.namespace, active=1))
-        elif dep.variable == "DEPENDENCY_POD_JSON":
-            api.put(k8s.pod("waited-for", dep.namespace, labels=dict(dep.labels), node="node-a"))
+        elif variable == "DEPENDENCY_POD_JSON":
+            labels = {key: values[0] for key, _, values in dep.selector}
+            api.put(k8s.pod("waited-for", dep.namespace, labels=labels, node="node-a"))
 
 
 def one_round(case, merge):
@@ -55,13 +57,13 @@ def one_round(case, merge):
         populate(api, deps, pod_name, namespace)
         reader = ke.ApiReader(ke.ApiClient(api.url, str(api.sa_dir)), watch=False)
         if merge:
-            reader.merge([read for dep in deps if dep.reads for read in dep.reads(dep)])
+            reader.merge([dep.kind.merge(dep) for dep in deps if dep.kind.merge])
         waiting = ke.Waiting(deps, reader)
         for entry in list(waiting.pending):
             waiting._check(entry)
         if not waiting.pending:
             raise SystemExit("%s: every dependency is met; the fake cluster is wrong" % case["chart"])
-        in_use = set().union(*(reads for _, reads in waiting.pending))
+        in_use = set().union(*(entry.reads for entry in waiting.pending))
         reader.follow(in_use)
         api.clear_requests()
         reader.poll(in_use)
