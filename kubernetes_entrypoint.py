@@ -199,15 +199,12 @@ def api_server_setting(url):
             or bracketed and getattr(ip_address(bracketed.group(1)), "version", 0) != 6
             or port == 0 or "@" in parts.netloc or parts.query or parts.fragment
             or CONTROL_CHARACTERS.search(url) or " " in url or not is_host(parts.hostname)):
-        raise ConfigError("ENTRYPOINT_API_SERVER", "%s is not an http:// or https:// URL of an API "
-                                                   "server (host, optional port and path)"
-                          % shown(url))
-    address = ip_address(parts.hostname)
+        raise ConfigError("ENTRYPOINT_API_SERVER", "%s is not an http:// or https:// URL of an "
+                          "API server (host, optional port and path)" % shown(url))
     if parts.scheme == "http" and not (parts.hostname == "localhost"
-                                       or address is not None and address.is_loopback):
+                                       or getattr(ip_address(parts.hostname), "is_loopback", 0)):
         raise ConfigError("ENTRYPOINT_API_SERVER", "plain http is only for this machine (kubectl "
-                                                   "proxy on 127.0.0.1); use https for %s"
-                          % parts.hostname)
+                          "proxy on 127.0.0.1); use https for %s" % parts.hostname)
     return url
 
 
@@ -951,9 +948,8 @@ def evaluate(dependency, read, check=None):
         verdict = not_met(str(e))
     except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as e:
         verdict = not_met("unexpected answer from the API server (%s: %s)" % (type(e).__name__, e))
-    if len(verdict.reason) > MAX_REASON:
-        verdict = Verdict(**dict(vars(verdict), reason=clip(verdict.reason, MAX_REASON)))
-    return verdict
+    reason = clip(verdict.reason, MAX_REASON)  # the token out now: an older one is forgotten
+    return verdict if reason == verdict.reason else Verdict(**dict(vars(verdict), reason=reason))
 
 
 class Waiting:
@@ -1385,15 +1381,13 @@ SETTINGS_HELP = [
     ("INTERFACE_NAME", "the interface whose address {{ .IP }} templates, for CONFIG"),
     ("KUBERNETES_SERVICE_HOST/_PORT", "the API server, as Kubernetes sets them in every pod"),
     ("ENTRYPOINT_API_SERVER", "https://... (token and CA as in a pod), or http://127.0.0.1:8001"),
-    ("ENTRYPOINT_SERVICEACCOUNT_DIR", "token, ca.crt, namespace (default %s)"
-                                      % DEFAULT_SERVICEACCOUNT_DIR),
+    ("ENTRYPOINT_SERVICEACCOUNT_DIR", "token, ca.crt, namespace (%s)" % DEFAULT_SERVICEACCOUNT_DIR),
     ("ENTRYPOINT_CONFIGMAPS_DIR", "where CONFIG templates are (default %s)" % DEFAULT_CONFIGMAPS_DIR),
     ("ENTRYPOINT_TIMEOUT", "give up after this many seconds, exit 1 (default 0: never)"),
     ("ENTRYPOINT_POLL_INTERVAL", "seconds between polls where watch is refused (default 2, >= 0.1)"),
     ("ENTRYPOINT_REQUEST_TIMEOUT", "seconds one API request may take in all (default 10, >= 0.1)"),
     ("ENTRYPOINT_PROGRESS_INTERVAL", "seconds between lines saying what is unmet (30; >= 1; 0: none)"),
-    ("ENTRYPOINT_TERMINATION_LOG", "why it ended without exec'ing (default %s; empty: nowhere)"
-                                   % DEFAULT_TERMINATION_LOG),
+    ("ENTRYPOINT_TERMINATION_LOG", "why it ended unexec'd (%s; empty: none)" % DEFAULT_TERMINATION_LOG),
     ("ENTRYPOINT_EVENTS", "with POD_NAME, Events on the pod saying what it waits for (default true)"),
     ("ENTRYPOINT_LOG_FORMAT", "text (default) or json"),
     ("ENTRYPOINT_LOG_LEVEL", "debug (adds every API request), info (default), warning, error"),
@@ -1491,6 +1485,7 @@ BACKOFF_LIMIT = 30.0         # seconds: the longest wait between retries of a fa
 MERGE_LIMIT = 50             # label values in one merged read (its URL stays short)
 CACHE_MISSES = 3             # cache reads failing in a row before a collection reads storage...
 CACHE_PAUSE = 30             # ... for this many reads (a minute at the default interval)
+STORAGE_REFUSALS = 3         # storage answers not believed in a row before starting over
 WATCH_EVENTS = ("ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR")
 # The kinds the checks read; a custom resource's kind comes from discovery (resource_for).
 BUILT_IN_KINDS = {("v1", "pods"): "Pod", ("v1", "endpoints"): "Endpoints",
@@ -1551,13 +1546,15 @@ class Freshness:
     """What is believed of one collection, and where its next read comes from: the cache
     policy, whole.
 
-    Believed: versions are etcd's revisions, compared as numbers; `seen`, the newest seen in any
-    answer, event or bookmark, is the mark no answer may go behind. A list or get is believed when
+    Believed: versions are etcd's revisions, compared as numbers; `seen`, the newest seen in an
+    answer or event, is the mark no answer may go behind. A list or get is believed when
     not_older() holds against what is held; a watch event when its object is not older than the
-    one held or, none held, newer than `seen`; a bookmark when it does not move the resume point
-    back. A list or get not believed is a failed read; an event not believed is left out. Versions
-    that are not numbers cannot be compared: from storage believed as they come, from the cache
-    never, in an event malformed.
+    one held or, none held, newer than `seen`; a bookmark (no object: it moves no `seen`) when it
+    does not move the resume point back. A list or get not believed is a failed read, but the
+    STORAGE_REFUSALS-th storage answer refused in a row starts the collection over from it (the
+    versions went back: an etcd restored). An event not believed ends the stream: the collection is
+    listed again from storage. Versions that are not numbers cannot be compared: from storage
+    believed as they come, from the cache never, in an event malformed.
 
     Where reads come from: the first, and any after a failure, from storage (a quorum read); the
     next from the watch cache, not older than the last answer (as_of). A cache read that fails
@@ -1569,7 +1566,7 @@ class Freshness:
         self.from_cache = False    # the last answer came from the cache
         self.misses = 0            # cache reads that failed in a row
         self.storage_reads = 0     # reads to make from storage before the cache is tried again
-        self.cache_refused = False
+        self.cache_refused, self.refused = False, 0  # storage answers refused in a row
 
     def as_of(self, items, by_name):
         """The version to read the cache as of, or None (storage): a cache answer's own, an object's
@@ -1599,14 +1596,21 @@ class Freshness:
 
     def took(self, version, from_cache):
         """A believed answer: where a watch resumes from, and the newest version seen."""
-        self.version, self.from_cache = version, from_cache
+        self.version, self.from_cache, self.refused = version, from_cache, 0
         self.seen = max(self.seen, object_version(version) or 0)
 
-    def moved(self, version):
-        """A believed event or bookmark at `version` (a number): onwards, never back."""
+    def start_over(self):
+        """A storage answer not believed; True at the STORAGE_REFUSALS-th in a row: start over."""
+        self.refused += 1
+        if self.refused >= STORAGE_REFUSALS:
+            self.__init__()
+        return not self.refused
+
+    def moved(self, version, bookmark=False):
+        """A believed event or bookmark at `version`: the resume point onwards, never back."""
         if version > (object_version(self.version) or 0):
             self.version = str(version)
-        self.seen = max(self.seen, version)
+        self.seen = self.seen if bookmark else max(self.seen, version)
 
     def missed(self, error):
         """A cache read failed (`error`) or was not believed (None); True if to be expected."""
@@ -1629,8 +1633,7 @@ class Collection:
         self.name = self.fields[1] if self.fields and self.fields[0] == "metadata.name" else None
         self.items = self.error = self.watcher = self.unused_since = self.read_at = None
         self.freshness = Freshness()
-        self.failures, self.next_refresh, self.event_bytes = 0, 0.0, 0
-        self.stopped = False
+        self.failures, self.next_refresh, self.event_bytes, self.stopped = 0, 0.0, 0, False
 
     def query(self, **more):
         if self.labels:
@@ -1710,7 +1713,9 @@ class Collection:
         """Make a believed answer what the checks see (the lock held); False if not believed."""
         if self.mode != "discovery" and not self.freshness.believes(self.items, items, version,
                                                                     from_cache):
-            return False
+            if from_cache or not self.freshness.start_over():
+                return False
+            log("WARNING", "the versions of %s went back: read anew" % self.describe())
         self.items, self.error, self.event_bytes = items, None, 0
         self.freshness.took(version, from_cache)
         self.read_at = now if not from_cache else self.read_at
@@ -1787,7 +1792,7 @@ class Collection:
         if kind == "BOOKMARK":
             if version is not None:
                 with reader.lock:
-                    self.freshness.moved(version)
+                    self.freshness.moved(version, bookmark=True)
             return
         if not is_object(obj) or not self.of_kind(obj) or version is None:
             raise malformed(self.describe(), "an event without an object of its kind and its "
@@ -1797,9 +1802,10 @@ class Collection:
             if self.items is None:
                 return  # (no watch starts before its list is read)
             if not self.freshness.believes_change(self.items.get(key), version):
-                log("DEBUG", "an event older than what was seen of %s, left out: %s %s at %d"
-                    % (self.describe(), kind, key[1], version))
-                return
+                # Left out; from storage, the list tells whether it is old news or we are wrong.
+                self.freshness.storage_reads = max(self.freshness.storage_reads, 1)
+                raise ApiError(410, "an event older than what was seen (%s %s at %d): listing "
+                                    "again" % (kind, key[1], version), "Expired")
             if kind == "DELETED" or not self.selects(obj):
                 self.items.pop(key, None)
             else:
@@ -1814,8 +1820,7 @@ class ApiReader:
         self.client, self.interval, self.watch_allowed, self.clock = client, interval, watch, clock
         self.collections, self.lock = {}, threading.Lock()
         self.settled = {}           # answers that can no longer change, read once
-        self.reads = set()          # collections read by the check being evaluated
-        self.began = 0.0            # when that check began: a fresh read is one made since
+        self.reads, self.began = set(), 0.0  # what the check being asked read; when it began
         self.changes, self.changed = threading.Condition(), set()  # keys changed, from watchers
         self.said, self.watch_refused = set(), set()  # messages said once; paths not to watch
         self.troubles = {}          # collection key -> [last error text, times seen]
@@ -1955,10 +1960,11 @@ class ApiReader:
     def refresh(self, collection, fresh=False):
         """Read the collection once (from storage if `fresh`); True if what checks see changed."""
         try:
+            sent = self.clock()
             items, version, from_cache = self._read(collection, fresh)
             with self.lock:
                 changed = collection.error is not None or items != collection.items
-                if not collection.took(items, version, from_cache, self.clock()):
+                if not collection.took(items, version, from_cache, sent):
                     raise malformed(collection.describe(), "an answer older than one already seen")
         except ApiError as e:
             if fresh:
@@ -2104,8 +2110,7 @@ TOKEN_TEXT = re.compile(r"[A-Za-z0-9._~+/-]{1,65536}=*")
 class TokenFile:
     """The service-account token, reread every minute (the kubelet rotates it) and on demand."""
     def __init__(self, path, clock=time.monotonic):
-        self.path, self.clock = path, clock
-        self.value = self.read_at = self.problem = None
+        self.path, self.clock, self.value, self.read_at, self.problem = path, clock, None, None, None
         self.refresh(required=True)
 
     def refresh(self, required=False):
@@ -2356,8 +2361,7 @@ class DeadlineSocket:
     """A socket whose every send and receive ends at its connection's deadline (no trickling server
     holds a request longer); closed only once the response being read is done."""
     def __init__(self, sock, connection):
-        self._sock, self._connection = sock, connection
-        self._readers, self._closed = 0, False
+        self._sock, self._connection, self._readers, self._closed = sock, connection, 0, False
 
     def sendall(self, data):
         self._sock.settimeout(time_left(self._connection.deadline, "the request"))
@@ -2605,8 +2609,7 @@ class Events:
         self.written = {}      # (type, reason, message) -> [event name, count]
         self.tokens, self.refilled = float(EVENT_BURST), clock()
         self.retry_at, self.failures, self.last_stamp = float("-inf"), 0, 0
-        self.writing = self.last_only = self.off = False
-        self.used = False      # something was recorded: the wait is worth an event at its end
+        self.writing = self.last_only = self.off = self.used = False  # used: an event recorded
 
     def record(self, key, event_type, reason, message):
         with self.lock:
@@ -2638,7 +2641,7 @@ class Events:
 
     def _run(self):
         while self.write_next(block=True):
-            pass
+            continue
 
     def write_next(self, block):
         """Write the next event due, waiting for one if `block`; False once there is none."""

@@ -849,3 +849,47 @@ def test_one_rule_for_every_answer():
     fresh.moved(120)
     fresh.moved(3)                                   # a bookmark from the past
     assert fresh.version == "120" and fresh.seen == 120
+
+
+# A wrong version, or versions that went back, never wedge a collection ---------------------------
+
+def test_a_bookmark_from_the_future_does_not_wedge_what_is_believed(api, entrypoint):
+    """A bookmark holds no object: however far ahead, it never makes a real change look old."""
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="j", **FAST))  # Job j not created yet
+    wait_until_waiting(api)
+    job = k8s.job("j", succeeded=1)  # told by the raw stream below only, never stored
+    job["metadata"].update(namespace="default", resourceVersion=str(int(api.resource_version) + 1))
+    bookmark = {"kind": "Job", "apiVersion": "batch/v1",
+                "metadata": {"resourceVersion": "99999999999"}}
+    api.inject(match="watch=1", times=1, raw=chunked_stream(
+        {"type": "BOOKMARK", "object": bookmark}, {"type": "ADDED", "object": job}, hold=5))
+    api.close_watches()
+    assert_execd_cleanly(run)
+
+
+def test_a_list_with_an_inflated_version_does_not_wedge_polling(api, entrypoint):
+    api.deny("watch", "jobs")
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="j", **FAST))
+    wait_until_waiting(api)
+    listed = {"kind": "JobList", "apiVersion": "batch/v1", "items": [],
+              "metadata": {"resourceVersion": "99999999999"}}
+    rule = api.inject(match="jobs", raw=http("200 OK", as_json(listed)), times=1)
+    wait_for(lambda: rule.served)
+    api.put(k8s.job("j", succeeded=1))
+    assert_execd_cleanly(run)
+
+
+def test_versions_that_went_back_start_the_collection_over():
+    """An etcd restored without bumping its revision: storage answers older than what was held
+    are not believed, and the third in a row starts the collection over."""
+    def job(version, succeeded):
+        return {("d", "j"): {"metadata": {"name": "j", "namespace": "d",
+                                          "resourceVersion": str(version)},
+                             "status": {"succeeded": succeeded}}}
+
+    collection = ke.Collection(None, ("batch/v1", "jobs", "d", None, None), "Job", "/", "poll")
+    assert collection.took(job(500, 0), "600", False, 0.0)
+    assert not collection.took(job(300, 1), "400", False, 1.0)
+    assert not collection.took(job(300, 1), "400", False, 2.0)
+    assert collection.took(job(300, 1), "400", False, 3.0)
+    assert collection.items == job(300, 1) and collection.freshness.seen == 400
