@@ -155,7 +155,7 @@ def read_settings(env):
         request_timeout=seconds_setting(env, "ENTRYPOINT_REQUEST_TIMEOUT", REQUEST_TIMEOUT,
                                         0.1, 3600),
         api_server=api_server_setting(env.get("ENTRYPOINT_API_SERVER", "").strip()),
-        events=env.get("ENTRYPOINT_EVENTS", "").strip().lower() != "false",
+        events=events.lower() != "false",
     )
 
 
@@ -665,9 +665,10 @@ def this_pod_node(dep, read):
     """(the node this pod runs on, None), or (None, why not yet); settled once scheduled."""
     pod = read.get("v1", "pods", dep.pod_namespace, dep.pod_name,
                    settled=lambda pod: node_of(pod) is not None)
-    if pod is None or node_of(pod) is None:
-        return None, this_pod_not_found(dep) if pod is None else not_met(
-            "this pod %s is not scheduled to a node yet" % dep.pod_name)
+    if pod is None:
+        return None, this_pod_not_found(dep)
+    if node_of(pod) is None:
+        return None, not_met("this pod %s is not scheduled to a node yet" % dep.pod_name)
     return node_of(pod), None
 
 
@@ -1584,10 +1585,11 @@ class Freshness:
     def believes(self, held, items, version, from_cache):
         """Whether a list or a get (`items`, as of `version`) is believed against what is held."""
         held = held or {}
-        if not from_cache and None in [object_version(version)] + [
-                object_version(obj) for obj in list(held.values()) + list(items.values())]:
-            return True  # nothing to compare: a quorum read is the newest there is
-        return not_older(held, self.seen, items, version)
+        if not_older(held, self.seen, items, version):
+            return True
+        # From storage, versions that are not numbers cannot be compared: believed as they come.
+        return not from_cache and None in [object_version(version)] + [
+            object_version(obj) for obj in list(held.values()) + list(items.values())]
 
     def believes_change(self, held, version):
         """Whether an event's object, at `version`, is believed against the one held (or None)."""
@@ -1710,10 +1712,10 @@ class Collection:
                 version if isinstance(version, str) else None)
 
     def took(self, items, version, from_cache, now):
-        """Make a believed answer what the checks see (the lock held); False if not believed."""
-        if self.mode != "discovery" and not self.freshness.believes(self.items, items, version,
-                                                                    from_cache):
-            if from_cache or not self.freshness.start_over():
+        """Make an answer what checks see (lock held); False: a storage answer not believed."""
+        if self.mode != "discovery" and not from_cache and not self.freshness.believes(
+                self.items, items, version, False):
+            if not self.freshness.start_over():
                 return False
             log("WARNING", "the versions of %s went back: read anew" % self.describe())
         self.items, self.error, self.event_bytes = items, None, 0
@@ -1728,9 +1730,8 @@ class Collection:
             self._follow()
         except Exception as e:
             self.reader.fall_back(self, "poll", "watch failed", "watching %s failed (%s: %s); "
-                                  "polling it every %gs instead" % (self.describe(),
-                                                                    type(e).__name__, e,
-                                                                    self.reader.interval))
+                                  "polling it every %gs instead"
+                                  % (self.describe(), type(e).__name__, e, self.reader.interval))
 
     def _follow(self):
         import random
@@ -2164,10 +2165,9 @@ class ApiClient:
     verified, with the token (plain HTTP only to this machine); one deadline, bounded answers."""
     def __init__(self, server_url, serviceaccount_dir, timeout=REQUEST_TIMEOUT):
         import http.client
-        import urllib.parse
-        self._http, self._quote = http.client, urllib.parse.quote
-        self._urlencode = urllib.parse.urlencode
-        url = urllib.parse.urlsplit(server_url)
+        from urllib.parse import quote, urlencode, urlsplit
+        self._http, self._quote, self._urlencode = http.client, quote, urlencode
+        url = urlsplit(server_url)
         self._host, self._port, self._prefix = url.hostname, url.port, url.path.rstrip("/")
         self._timeout, self._local = timeout, threading.local()
         self._context = self.token = None
