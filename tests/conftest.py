@@ -164,3 +164,16 @@ def spawn(tmp_path):
     yield start
     for run in started:
         run.stop()
+
+
+class FakeClock:
+    """Time a test moves: call it for the time, `sleep` moves it on."""
+
+    def __init__(self, now=0.0):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.now += seconds

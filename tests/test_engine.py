@@ -8,6 +8,7 @@ import time
 
 import fakeapi as k8s
 import kubernetes_entrypoint as ke
+from conftest import FakeClock
 from scenarios import client_for, parse, unmet_service
 
 
@@ -38,20 +39,9 @@ def test_api_errors_while_waiting_are_reasons_not_crashes(api, capsys):
 
 # Poll rounds ----------------------------------------------------------------------------------
 
-class FakeTime:
-    def __init__(self):
-        self.now = 0.0
-
-    def clock(self):
-        return self.now
-
-    def sleep(self, seconds):
-        self.now += seconds
-
-
 def round_times(randoms, rounds):
     """When a dependency read every round is checked, for the given random draws."""
-    times, fake, draws = [], FakeTime(), iter(randoms)
+    times, fake, draws = [], FakeClock(), iter(randoms)
 
     def check(dep, read):
         times.append(round(fake.now, 3))
@@ -59,7 +49,7 @@ def round_times(randoms, rounds):
 
     dep = ke.Dependency(kind=ke.Kind("DEPENDENCY_SOCKET", None, check, "", needs_api=False),
                         label="x")
-    ke.Waiting([dep], None, interval=2.0, clock=fake.clock, sleep=fake.sleep,
+    ke.Waiting([dep], None, interval=2.0, clock=fake, sleep=fake.sleep,
                random=lambda: next(draws)).run()
     return times
 

@@ -7,7 +7,7 @@ import pytest
 
 import fakeapi as k8s
 import kubernetes_entrypoint as ke
-from conftest import wait_for
+from conftest import FakeClock, wait_for
 from scenarios import wait_until_waiting
 
 
@@ -165,14 +165,6 @@ def test_bad_switch_is_a_configuration_error(api, entrypoint):
 
 # The write budget, over ten minutes of a clock the test moves ---------------------------------
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 def events_on(api, clock):
     client = ke.ApiClient(api.url, str(api.sa_dir))
     return ke.Events(lambda: client, "default", "web-0", clock=clock,
@@ -190,7 +182,7 @@ def flap(api, events, clock, seconds, reasons=("0 of 2 endpoints ready", "1 of 2
 
 def test_flapping_reason_is_counted_not_multiplied(api):
     this_pod(api)
-    clock = Clock()
+    clock = FakeClock(1000.0)
     events = events_on(api, clock)
     flap(api, events, clock, 600)
     writes = event_writes(api)
@@ -204,7 +196,7 @@ def test_flapping_reason_is_counted_not_multiplied(api):
 
 def test_many_dependencies_share_one_budget(api):
     this_pod(api)
-    clock = Clock()
+    clock = FakeClock(1000.0)
     events = events_on(api, clock)
     for second in range(600):
         clock.now += 1
@@ -218,7 +210,7 @@ def test_many_dependencies_share_one_budget(api):
 def test_failing_server_gets_no_more_writes(api):
     this_pod(api)
     api.inject(status=503, match="/events", times=None)
-    clock = Clock()
+    clock = FakeClock(1000.0)
     events = events_on(api, clock)
     flap(api, events, clock, 600)
     assert len(event_writes(api)) <= 25
@@ -226,7 +218,7 @@ def test_failing_server_gets_no_more_writes(api):
 
 def test_expired_event_is_made_anew(api):
     this_pod(api)
-    clock = Clock()
+    clock = FakeClock(1000.0)
     events = events_on(api, clock)
     events.waiting("Job db-init in namespace default", "not succeeded")
     assert events.write_next(block=False)
@@ -268,7 +260,7 @@ def test_run_by_hand_with_a_bad_argument_writes_no_event(api, entrypoint, option
 def test_budget_counts_every_write_the_server_gets(api, fault):
     this_pod(api)
     api.inject(times=None, **fault)
-    clock = Clock()
+    clock = FakeClock(1000.0)
     events = events_on(api, clock)
     flap(api, events, clock, 600)
     assert len(event_writes(api)) <= 25
