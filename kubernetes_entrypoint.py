@@ -71,6 +71,8 @@ class ConfigError(Exception):
 
 class Dependency(types.SimpleNamespace):
     """One thing to wait for: its `kind` (a row of KINDS), `label`, and what its check reads."""
+    absent_is_done = False  # a Job's: absent counts as done (ENTRYPOINT_JOB_ABSENT_IS_DONE)
+
     def __str__(self):
         return self.label
 
@@ -102,6 +104,10 @@ def is_label_value(value):
     return value == "" or bool(LABEL_PART.fullmatch(value))
 
 
+NAMESPACE_RULE = ("namespace (a DNS-1123 label: a-z, 0-9 and '-', a letter or digit at both ends, "
+                  "at most 63, e.g. openstack)")
+
+
 def check_name(variable, name, what="name", pattern=OBJECT_NAME):
     if not pattern.fullmatch(name):
         raise ConfigError(variable, "%s is not a valid Kubernetes %s" % (shown(name), what))
@@ -126,10 +132,11 @@ def check_custom_resource_name(variable, name):
 
 def read_settings(env):
     """The variables besides the dependencies; NAMESPACE falls back to the service account's."""
+    refuse_unknown(env, "ENTRYPOINT_", [name for name, _ in SETTINGS_HELP], "not a setting")
     sa_dir = env.get("ENTRYPOINT_SERVICEACCOUNT_DIR", "").strip() or DEFAULT_SERVICEACCOUNT_DIR
     namespace = env.get("NAMESPACE", "").strip()
     if namespace:
-        check_name("NAMESPACE", namespace, "namespace", LABEL_NAME)
+        check_name("NAMESPACE", namespace, NAMESPACE_RULE, LABEL_NAME)
     else:
         namespace_file = os.path.join(sa_dir, "namespace")
         namespace = read_text(namespace_file).strip() or "default"
@@ -139,9 +146,6 @@ def read_settings(env):
     pod_name = env.get("POD_NAME", "").strip()
     if pod_name:
         check_name("POD_NAME", pod_name, "pod name")
-    events = env.get("ENTRYPOINT_EVENTS", "").strip()
-    if events.lower() not in ("", "true", "false"):
-        raise ConfigError("ENTRYPOINT_EVENTS", "%s is not true or false" % shown(events))
     return types.SimpleNamespace(
         namespace=namespace,
         pod_name=pod_name,
@@ -155,8 +159,18 @@ def read_settings(env):
         request_timeout=seconds_setting(env, "ENTRYPOINT_REQUEST_TIMEOUT", REQUEST_TIMEOUT,
                                         0.1, 3600),
         api_server=api_server_setting(env.get("ENTRYPOINT_API_SERVER", "").strip()),
-        events=events.lower() != "false",
+        events=true_or_false(env, "ENTRYPOINT_EVENTS", True),
+        fail_fast=true_or_false(env, "ENTRYPOINT_FAIL_FAST", False),
+        job_absent_is_done=true_or_false(env, "ENTRYPOINT_JOB_ABSENT_IS_DONE", False),
+        job_absent_grace=seconds_setting(env, "ENTRYPOINT_JOB_ABSENT_GRACE", 10, 0, 3600),
     )
+
+
+def true_or_false(env, variable, default):
+    value = env.get(variable, "").strip().lower()
+    if value not in ("", "true", "false"):
+        raise ConfigError(variable, "%s is not true or false" % shown(env[variable].strip()))
+    return default if not value else value == "true"
 
 
 def read_text(path, limit=65536):
@@ -234,6 +248,10 @@ def split_list(value):
 def split_namespaced(kind, item, base_namespace):
     """`namespace:name` or `name` (in the base namespace); anything else is an error."""
     parts = item.split(":")
+    if len(parts) == 1 and item.count("/") == 1 and all(
+            LABEL_NAME.fullmatch(part) for part in item.split("/")):
+        raise ConfigError(kind.variable, "%r is not a name; did you mean %r (namespace:name)?"
+                          % (item, item.replace("/", ":")))
     if len(parts) == 1:
         return base_namespace, kind.names(kind.variable, item)
     if len(parts) > 2:
@@ -243,7 +261,7 @@ def split_namespaced(kind, item, base_namespace):
         if not part:
             raise ConfigError(kind.variable, "%r has an empty %s (want namespace:name)"
                               % (item, what))
-    return (check_name(kind.variable, namespace, "namespace", LABEL_NAME),
+    return (check_name(kind.variable, namespace, NAMESPACE_RULE, LABEL_NAME),
             kind.names(kind.variable, name))
 
 
@@ -306,7 +324,7 @@ def json_string(variable, entry, key, required=False):
 
 def json_namespace(variable, entry, settings):
     namespace = json_string(variable, entry, "namespace")
-    return check_name(variable, namespace, "namespace", LABEL_NAME) if namespace \
+    return check_name(variable, namespace, NAMESPACE_RULE, LABEL_NAME) if namespace \
         else settings.namespace
 
 
@@ -414,11 +432,23 @@ def parse_jobs_json(kind, value, settings):
             raise ConfigError(kind.variable, "give 'name' or 'labels', not both, in %s" % entry_text(
                 entry) if name else "entry %s has neither 'name' nor 'labels'" % entry_text(entry))
         namespace = json_namespace(kind.variable, entry, settings)
+        absent_is_done = entry.get("absentIsDone", settings.job_absent_is_done)
+        if not isinstance(absent_is_done, bool):
+            raise ConfigError(kind.variable, "'absentIsDone' must be true or false in %s"
+                              % entry_text(entry))
         deps.append(Dependency(
             kind=kind, namespace=namespace, name=name and kind.names(kind.variable, name),
-            selector=Selector.of(labels) if labels else None,
+            selector=Selector.of(labels) if labels else None, absent_is_done=absent_is_done,
             label=kind.label % (name, namespace) if name else
             "Jobs with labels %s in namespace %s" % (go_map(labels), namespace)))
+    return deps
+
+
+def parse_job_names(kind, value, settings):
+    """DEPENDENCY_JOBS: names, each absent-is-done as ENTRYPOINT_JOB_ABSENT_IS_DONE says."""
+    deps = parse_names(kind, value, settings)
+    for dep in deps:
+        dep.absent_is_done = settings.job_absent_is_done
     return deps
 
 
@@ -570,12 +600,7 @@ def ipv6_global_address(if_inet6_text, interface):
 def parse_dependencies(env, settings):
     """Every dependency the environment names, in table order; ConfigError on the first mistake
     (an unknown DEPENDENCY_* is a typo). One that reads this pod gets POD_NAME and namespace here."""
-    for variable in sorted(env):
-        if variable.startswith("DEPENDENCY_") and variable not in KIND_OF and env[variable].strip():
-            prefix = len("DEPENDENCY_")  # shared by all, so compare what follows it
-            close = closest(variable[prefix:], [v[prefix:] for v in KIND_OF])
-            raise ConfigError(variable, "not a dependency kind; %s" % (
-                "did you mean DEPENDENCY_%s?" % close if close else "valid: " + ", ".join(KIND_OF)))
+    refuse_unknown(env, "DEPENDENCY_", KIND_OF, "not a dependency kind")
     jobs_json = env.get("DEPENDENCY_JOBS_JSON", "").strip()
     if jobs_json and env.get("DEPENDENCY_JOBS", "").strip():
         log("WARNING", "both DEPENDENCY_JOBS and DEPENDENCY_JOBS_JSON are set: using "
@@ -596,6 +621,33 @@ def parse_dependencies(env, settings):
     return dependencies
 
 
+def refuse_unknown(env, prefix, known, what):
+    """A set variable with our prefix that we do not know is a typo, never silently ignored."""
+    for variable in sorted(env):
+        if variable.startswith(prefix) and variable not in known and env[variable].strip():
+            close = closest(variable[len(prefix):], [v[len(prefix):] for v in known])
+            raise ConfigError(variable, "%s; %s" % (what, "did you mean %s%s?" % (prefix, close)
+                                                    if close else "valid: " + ", ".join(known)))
+
+
+def misspelt_command(env):
+    """With no command, a variable set within two edits of COMMAND (COMAND, command) is one."""
+    for variable in sorted(env):
+        if variable != "COMMAND" and env[variable].strip() and edits(variable.upper(), "COMMAND") <= 2:
+            raise ConfigError("COMMAND", "not set, but %s is: did you mean COMMAND? (as it is, the "
+                                         "command would never run)" % variable)
+
+
+def edits(a, b):
+    """How many single-character insertions, deletions or changes turn a into b."""
+    row = list(range(len(b) + 1))
+    for i, char in enumerate(a, 1):
+        row, last = [i] + [0] * len(b), row
+        for j, other in enumerate(b, 1):
+            row[j] = min(last[j] + 1, row[j - 1] + 1, last[j - 1] + (char != other))
+    return row[-1]
+
+
 def split_command(value):
     """COMMAND split on runs of ASCII whitespace (a no-break space is in a word); no quoting."""
     return [word for word in re.split("[ \t\n\r\v\f]+", value) if word]
@@ -605,8 +657,11 @@ def split_command(value):
 # One question per kind: (dependency, read) -> Verdict. No I/O but `read` (see ApiReader).
 
 class Verdict(types.SimpleNamespace):
-    """Met, or not with a reason to act on; `label`: a better name; `mistake`: a ConfigError."""
+    """Met, or not with a reason to act on; `label`: a better name; `mistake`: a ConfigError;
+    `failed`: it can never be met as it is (a Job failed for good); `absent`: an absent Job that
+    may count as done (the engine judges how long it has been absent)."""
     label = mistake = None
+    failed = absent = False
 
 
 MET = Verdict(met=True, reason="")
@@ -779,35 +834,46 @@ def daemonset_selector(selector):
 
 
 def job_state(job):
+    """(what keeps the Job from being done, whether it failed for good: only re-created can it)."""
     status = job.get("status") if isinstance(job.get("status"), dict) else {}
-    failed_for_good = any(c.get("type") == "Failed" and c.get("status") == "True"
-                          for c in list_of(status.get("conditions")) if isinstance(c, dict))
-    return "not succeeded (%d active, %d failed%s)" % (
-        count_of(status.get("active")), count_of(status.get("failed")),
-        "; failed for good, waiting for it to be re-run" if failed_for_good else "")
+    failed = [c for c in list_of(status.get("conditions")) if isinstance(c, dict)
+              and c.get("type") == "Failed" and c.get("status") == "True"]
+    counts = "%d active, %d failed" % (count_of(status.get("active")), count_of(status.get("failed")))
+    if failed:
+        why = ": ".join(clip(failed[0][key], 200) for key in ("reason", "message")
+                        if isinstance(failed[0].get(key), str) and failed[0][key])
+        return "failed for good (%s; %s): it succeeds only if re-created" % (
+            why or "condition Failed", counts), True
+    if dig(job, "spec", "suspend") is True:
+        return "suspended (spec.suspend is true; %s): it runs once resumed" % counts, False
+    return "not succeeded (%s)" % counts, False
 
 
 def check_jobs(dep, read):
-    """Every Job named, or every Job with the labels (at least one), has succeeded at least once."""
+    """Every Job named, or every Job with the labels (at least one), has succeeded at least once.
+    None there is absent: with absent-is-done, the engine may count that as done."""
     if dep.name:
         job = read.get("batch/v1", "jobs", dep.namespace, dep.name)
         if job is None:
-            return not_met("job not found (deleted, or not created yet)")
+            return not_met("job not found (deleted, or not created yet)", absent=dep.absent_is_done)
         jobs = [job]
     else:
         jobs = read.list("batch/v1", "jobs", dep.namespace, dep.selector)
         if not jobs:
-            return not_met("no job matches the labels")
-    pending = [j for j in jobs if count_of(dig(j, "status", "succeeded")) < 1]
-    if not pending:
+            return not_met("no job matches the labels", absent=dep.absent_is_done)
+    states = [(job_state(j), dig(j, "metadata", "name")) for j in jobs
+              if count_of(dig(j, "status", "succeeded")) < 1]
+    if not states:
         return MET
+    states.sort(key=lambda state: not state[0][1])  # one failed for good is named first
+    failed = states[0][0][1]
     if dep.name:
-        return not_met(job_state(pending[0]))
-    first = "job %s %s" % (dig(pending[0], "metadata", "name"), job_state(pending[0]))
-    if len(pending) == 1:
-        return not_met(first)
+        return not_met(states[0][0][0], failed=failed)
+    first = "job %s %s" % (states[0][1], states[0][0][0])
+    if len(states) == 1:
+        return not_met(first, failed=failed)
     return not_met("%d of %d matching jobs not succeeded: %s; also %s" % (
-        len(pending), len(jobs), first, summary(dig(j, "metadata", "name") for j in pending[1:])))
+        len(states), len(jobs), first, summary(name for _, name in states[1:])), failed=failed)
 
 
 def check_pods(dep, read):
@@ -911,11 +977,11 @@ KINDS = [
     Kind("DEPENDENCY_DAEMONSET", parse_names, check_daemonset,
          "[ns:]daemonset,... (needs POD_NAME)", needs_pod=True,
          label="Daemonset %s in namespace %s"),
-    Kind("DEPENDENCY_JOBS", parse_names, check_jobs, "[ns:]job,...", names=JOB_NAMES,
+    Kind("DEPENDENCY_JOBS", parse_job_names, check_jobs, "[ns:]job,...", names=JOB_NAMES,
          label="Job %s in namespace %s"),
     Kind("DEPENDENCY_JOBS_JSON", parse_jobs_json, check_jobs,
          '[{"name": ...} or {"labels": {...}}, "namespace": ...]', names=JOB_NAMES,
-         label="Job %s in namespace %s", json_keys=("name", "labels", "namespace")),
+         label="Job %s in namespace %s", json_keys=("name", "labels", "namespace", "absentIsDone")),
     Kind("DEPENDENCY_POD_JSON", parse_pods_json, check_pods,
          '[{"labels": {...}, "namespace": ..., "requireSameNode": bool}]',
          needs_pod=lambda dep: dep.require_same_node,
@@ -953,18 +1019,34 @@ def evaluate(dependency, read, check=None):
     return verdict if reason == verdict.reason else Verdict(**dict(vars(verdict), reason=reason))
 
 
+class DependencyFailed(Exception):
+    """A dependency that can never be met as it is, with ENTRYPOINT_FAIL_FAST: exit 3."""
+
+
+def absent_reason(reason, grace):
+    return "%s; counted as done once absent for %s (absent is done)" % (reason, duration(grace))
+
+
 class Waiting:
     """The wait: which dependencies are unmet, why, for how long. run() checks each, and again when
-    a collection it read changed (or each round), until all are met. Time is injected."""
+    a collection it read changed (or each round), until all are met. Time is injected.
+
+    What a check cannot know is judged here, on reads from storage (a cache may lag): an absent
+    Job counts as done once absent for `absent_grace` seconds (a Job re-created meanwhile is
+    judged as it is); with `fail_fast`, one failed for good ends the wait (DependencyFailed)."""
     def __init__(self, dependencies, read, interval=POLL_INTERVAL, clock=time.monotonic,
-                 sleep=time.sleep, on_reason=None, random=None):
+                 sleep=time.sleep, on_reason=None, random=None, absent_grace=10.0,
+                 fail_fast=False):
         import random as random_module
         self.dependencies, self.read, self.interval = dependencies, read, interval
         self.clock, self.sleep, self.random = clock, sleep, random or random_module.random
         self.on_reason = on_reason  # told each new reason a dependency is unmet (for Events)
+        self.absent_grace, self.fail_fast = absent_grace, fail_fast
         # Local checks first (config files are written before any request); reads: None unchecked.
-        self.pending = [types.SimpleNamespace(dep=dep, label=str(dep), reads=None, reason=None)
+        self.pending = [types.SimpleNamespace(dep=dep, label=str(dep), reads=None, reason=None,
+                                              absent_since=None)
                         for dep in sorted(dependencies, key=lambda d: d.kind.needs_api)]
+        self.counted_done = []  # (label, why): absent, counted as done
         self.started = clock()
 
     def waited(self):
@@ -987,7 +1069,7 @@ class Waiting:
             for entry in list(self.pending):
                 reads = entry.reads
                 if reads is None or reads & changed or new_round and (
-                        not reads or EVERY_ROUND in reads):
+                        not reads or EVERY_ROUND in reads) or self._absence_due(entry):
                     self._check(entry)
             if not self.pending:
                 return
@@ -995,7 +1077,9 @@ class Waiting:
             if now >= next_progress:
                 self._log_progress()
                 next_progress = now + progress_every
-            wake = min(next_round, next_progress, now + STOP_RECHECK) - now
+            wake = min([next_round, next_progress, now + STOP_RECHECK] + [
+                entry.absent_since + self.absent_grace for entry in self.pending
+                if entry.absent_since is not None]) - now
             in_use = set().union(*(entry.reads for entry in self.pending))
             if self.read is None:
                 self.sleep(max(0.0, wake))
@@ -1009,16 +1093,37 @@ class Waiting:
                 if self.read is not None:
                     changed |= self.read.poll(in_use)
 
+    def _absence_due(self, entry):
+        return entry.absent_since is not None and \
+            self.clock() >= entry.absent_since + self.absent_grace
+
     def _check(self, entry):
         if self.read is not None:
             self.read.begin()
         verdict = evaluate(entry.dep, self.read)
+        if (verdict.absent or verdict.failed and self.fail_fast) and self.read is not None:
+            self.read.again_from_storage()  # what ends the wait is never a cache's lag
+            verdict = evaluate(entry.dep, self.read)
         entry.reads = self.read.end() if self.read is not None else set()
         entry.label = verdict.label or entry.label
         if verdict.mistake is not None:
             raise verdict.mistake
-        if verdict.met:
-            log("INFO", "Dependency %s is resolved." % entry.label, entry.label)
+        if verdict.failed and self.fail_fast:
+            raise DependencyFailed("%s: %s (ENTRYPOINT_FAIL_FAST)"
+                                   % (entry.label, verdict.reason))
+        if not verdict.absent:
+            entry.absent_since = None
+        else:
+            if entry.absent_since is None:
+                entry.absent_since = self.clock()
+            if not self._absence_due(entry):
+                verdict = not_met(absent_reason(verdict.reason, self.absent_grace))
+        if verdict.met or verdict.absent:
+            note = "" if verdict.met else " (counted as done: absent for %s)" % duration(
+                self.clock() - entry.absent_since)
+            if note:
+                self.counted_done.append((entry.label, note[2:-1]))
+            log("INFO", "Dependency %s is resolved%s." % (entry.label, note), entry.label)
             self.pending.remove(entry)
         elif entry.reason != verdict.reason:
             entry.reason = verdict.reason
@@ -1079,6 +1184,8 @@ def run(arguments, env, outcome):
             raise ConfigError("COMMAND", "a command is given both in COMMAND and as arguments; "
                                          "give only one")
         argv = argv or options.command
+        if not argv:
+            misspelt_command(env)
         # 3. --validate ends here: nothing read from the API, nothing written.
         if options.validate:
             return validate(dependencies, argv, env)
@@ -1086,7 +1193,8 @@ def run(arguments, env, outcome):
         needing = [dep.kind.variable for dep in dependencies if dep.kind.needs_api]
         reader = None if not needing else ApiReader(ApiClient(
             settings.api_server or api_server_url(env, needing[0]), settings.serviceaccount_dir,
-            settings.request_timeout), settings.poll_interval, watch=not options.check)
+            settings.request_timeout), settings.poll_interval, watch=not options.check,
+            once=options.check)
         if reader is not None:
             reader.merge([dep.kind.merge(dep) for dep in dependencies if dep.kind.merge])
         # 5. The timeout, as an alarm: not even a request that hangs can hold us past it.
@@ -1095,13 +1203,15 @@ def run(arguments, env, outcome):
             signal.setitimer(signal.ITIMER_REAL, outcome.timeout)
         # 6. --check ends here: every dependency asked once, nothing written.
         if options.check:
-            return check_once(dependencies, reader)
+            return check_once(dependencies, reader, settings.job_absent_grace)
         # 7. The command, looked up now: a typo fails at once, not after the wait.
         executable = find_command(argv, env.get("PATH", os.defpath)) if argv else None
         # 8. The wait, with Events on the pod saying why while it lasts.
         events = outcome.events = events_for(env, settings, reader)
         outcome.waiting = Waiting(dependencies, reader, settings.poll_interval,
-                                  on_reason=events.waiting if events else None)
+                                  on_reason=events.waiting if events else None,
+                                  absent_grace=settings.job_absent_grace,
+                                  fail_fast=settings.fail_fast)
         outcome.waiting.run(settings.progress_interval)
         signal.setitimer(signal.ITIMER_REAL, 0)
         # 9. Everything met: said, then the command replaces this process.
@@ -1114,6 +1224,8 @@ def run(arguments, env, outcome):
         return outcome.failed(2, "ConfigurationError", str(e))
     except CommandError as e:
         return outcome.failed(e.code, "CommandFailed", str(e))
+    except DependencyFailed as e:
+        return outcome.failed(3, "DependencyFailed", "%s; the command was not run" % e)
 
 
 class Outcome:
@@ -1134,8 +1246,9 @@ class Outcome:
         self.lines = ["%s met after %s" % ("its dependency" if count == 1 else
                                            "all %d dependencies" % count,
                                            duration(self.waiting.waited()))]
-        if self.events is not None and self.events.used:
-            self.events.finish("Normal", "DependenciesMet", self.lines[0], EVENT_FLUSH_EXEC)
+        self.lines += ["%s: %s" % item for item in self.waiting.counted_done]
+        if self.events is not None and (self.events.used or self.waiting.counted_done):
+            self.events.finish("Normal", "DependenciesMet", "; ".join(self.lines), EVENT_FLUSH_EXEC)
 
     def stopped(self, signum):
         """What was unmet when the timeout or a signal stopped the wait, said; the exit code."""
@@ -1188,13 +1301,19 @@ def validate(dependencies, argv, env):
     return 0
 
 
-def check_once(dependencies, read):
-    """--check: every dependency asked once, nothing written; a table; 0 if all are met, else 1."""
+def check_once(dependencies, read, absent_grace):
+    """--check: every dependency asked once, nothing written; a table; 0 if all are met, else 1.
+    An absent Job counts as done only with no grace: --check cannot tell how long it was absent."""
     rows = []
     for dep in dependencies:
+        if read is not None:
+            read.begin(dep)
         verdict = evaluate(dep, read, dep.kind.dry_check)
         if verdict.mistake is not None:
             raise verdict.mistake
+        if verdict.absent:
+            verdict = MET if not absent_grace else not_met(absent_reason(verdict.reason,
+                                                                         absent_grace))
         rows.append((one_line(verdict.label or str(dep)), "yes" if verdict.met else "no",
                      one_line(verdict.reason)))
     raise_if_stopped()
@@ -1350,6 +1469,9 @@ def parse_arguments(arguments):
             setattr(options, found[0][2:], True)
         if problem and not options.mistake:
             options.mistake = ConfigError(variable, problem)
+    if options.check and options.validate and not options.mistake:
+        options.mistake = ConfigError("arguments", "--check and --validate do not go together: "
+                                                   "--validate reads nothing from the API")
     options.command = words
     return options
 
@@ -1390,6 +1512,9 @@ SETTINGS_HELP = [
     ("ENTRYPOINT_PROGRESS_INTERVAL", "seconds between lines saying what is unmet (30; >= 1; 0: none)"),
     ("ENTRYPOINT_TERMINATION_LOG", "why it ended unexec'd (%s; empty: none)" % DEFAULT_TERMINATION_LOG),
     ("ENTRYPOINT_EVENTS", "with POD_NAME, Events on the pod saying what it waits for (default true)"),
+    ("ENTRYPOINT_JOB_ABSENT_IS_DONE", "true: a Job not found counts as done (a deleted one succeeded)"),
+    ("ENTRYPOINT_JOB_ABSENT_GRACE", "seconds a Job must stay absent for that (default 10, 0-3600)"),
+    ("ENTRYPOINT_FAIL_FAST", "true: a Job failed for good ends the wait at once, exit 3"),
     ("ENTRYPOINT_LOG_FORMAT", "text (default) or json"),
     ("ENTRYPOINT_LOG_LEVEL", "debug (adds every API request), info (default), warning, error"),
 ]
@@ -1397,6 +1522,7 @@ EXIT_CODES = [
     ("0", "everything met and no command to run (or --check: everything met)"),
     ("1", "timed out (--check: something not met)"),
     ("2", "configuration error: one line names the variable; the command never runs"),
+    ("3", "a dependency failed for good (ENTRYPOINT_FAIL_FAST); the command never runs"),
     ("126, 127", "the command is not executable, or not found"),
     ("130, 143", "stopped by SIGINT or SIGTERM while waiting"),
     ("otherwise", "the command's own: it replaced this process"),
@@ -1817,11 +1943,13 @@ class Collection:
 
 class ApiReader:
     """The read interface of the checks (get, list, resource_for); what the engine drives."""
-    def __init__(self, client, interval=POLL_INTERVAL, watch=True, clock=time.monotonic):
+    def __init__(self, client, interval=POLL_INTERVAL, watch=True, clock=time.monotonic, once=False):
         self.client, self.interval, self.watch_allowed, self.clock = client, interval, watch, clock
+        self.once, self.asking = once, None  # --check: each read once; the dependency asked
         self.collections, self.lock = {}, threading.Lock()
         self.settled = {}           # answers that can no longer change, read once
         self.reads, self.began = set(), 0.0  # what the check being asked read; when it began
+        self.from_storage = False   # every read of this check from storage (again_from_storage)
         self.changes, self.changed = threading.Condition(), set()  # keys changed, from watchers
         self.said, self.watch_refused = set(), set()  # messages said once; paths not to watch
         self.troubles = {}          # collection key -> [last error text, times seen]
@@ -1834,6 +1962,7 @@ class ApiReader:
         """The object, or None. `settled(obj)`: true once what is needed of it cannot change (not
         read again); `fresh`: read from storage during this check, whatever is kept."""
         key = (group_version, resource, namespace, None, Field("metadata.name", name))
+        fresh = fresh or self.from_storage
         if settled is not None and key in self.settled and not fresh:
             return self.settled[key]
         items = self._answer(key, fresh)
@@ -1880,6 +2009,7 @@ class ApiReader:
                                  None)] = merged
 
     def _answer(self, key, fresh=False):
+        fresh = fresh or self.from_storage
         source = self.merged.get(key, key)
         self.reads.add(source)
         collection = self.collections.get(source)
@@ -1898,8 +2028,13 @@ class ApiReader:
 
     # What the engine calls ----------------------------------------------------------------------
 
-    def begin(self):
-        self.reads, self.began = set(), self.clock()
+    def begin(self, asking=None):
+        self.reads, self.began, self.from_storage = set(), self.clock(), False
+        self.asking = asking
+
+    def again_from_storage(self):
+        """The check being asked is asked again: each read from storage, unless it was already."""
+        self.from_storage = True
 
     def end(self):
         return self.reads
@@ -2067,6 +2202,8 @@ class ApiReader:
         if error is None and last:
             log("INFO", "reading %s works again (it failed %d times: %s)"
                 % (collection.describe(), last[1], last[0]))
+        elif error is not None and error.status != 403 and self.once:
+            log("WARNING", "reading %s for %s failed: %s" % (collection.describe(), self.asking, error))
         elif error is not None and error.status != 403:
             log("WARNING", "reading %s failed: %s; retrying" % (collection.describe(), error))
 

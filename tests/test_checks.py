@@ -253,6 +253,69 @@ def test_jobs_by_labels_need_every_match_succeeded():
     assert ke.check_jobs(jobs_dep, read).met
 
 
+def test_failed_job_names_its_condition_and_is_failed_for_good():
+    read = DictReader()
+    failed = job("init", failed=3)
+    failed["status"]["conditions"] = [
+        {"type": "Complete", "status": "False"},
+        {"type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+         "message": "Job was active longer than specified deadline"}]
+    read.add("batch/v1", "jobs", failed)
+    verdict = ke.check_jobs(dep(namespace="default", name="init", selector=None), read)
+    assert verdict.failed and not verdict.absent
+    assert verdict.reason == ("failed for good (DeadlineExceeded: Job was active longer than "
+                              "specified deadline; 0 active, 3 failed): it succeeds only if "
+                              "re-created")
+
+
+def test_failed_condition_not_true_or_without_words():
+    read = DictReader()
+    read.add("batch/v1", "jobs", job("init", active=1))
+    read.objects[("batch/v1", "jobs")][0]["status"]["conditions"] = [
+        {"type": "Failed", "status": "False", "reason": "X"}]
+    verdict = ke.check_jobs(dep(namespace="default", name="init", selector=None), read)
+    assert not verdict.failed and verdict.reason == "not succeeded (1 active, 0 failed)"
+    read.objects[("batch/v1", "jobs")][0]["status"]["conditions"] = [
+        {"type": "Failed", "status": "True", "reason": ["not", "a string"]}]
+    verdict = ke.check_jobs(dep(namespace="default", name="init", selector=None), read)
+    assert verdict.failed and verdict.reason.startswith("failed for good (condition Failed; ")
+
+
+def test_suspended_job_says_so_and_is_not_failed():
+    read = DictReader()
+    suspended = read.add("batch/v1", "jobs", job("init"))
+    suspended["spec"] = {"suspend": True}
+    verdict = ke.check_jobs(dep(namespace="default", name="init", selector=None), read)
+    assert not verdict.met and not verdict.failed
+    assert verdict.reason == "suspended (spec.suspend is true; 0 active, 0 failed): it runs " \
+                             "once resumed"
+
+
+def test_jobs_by_labels_name_the_failed_one_first():
+    read = DictReader()
+    labels = {"app": "nova"}
+    read.add("batch/v1", "jobs", job("a", active=1, labels=labels))
+    read.add("batch/v1", "jobs", job("b", failed=6, labels=labels, failed_for_good=True))
+    verdict = ke.check_jobs(dep(namespace="default", name=None, selector=ke.Selector.of(labels)),
+                            read)
+    assert verdict.failed and verdict.reason.startswith("2 of 2 matching jobs not succeeded: job b "
+                                                        "failed for good")
+    assert verdict.reason.endswith("; also a")
+
+
+@pytest.mark.parametrize("absent_is_done", [False, True])
+def test_absent_job_is_absent_only_where_it_may_count_as_done(absent_is_done):
+    read = DictReader()
+    by_name = dep(namespace="default", name="gone", selector=None, absent_is_done=absent_is_done)
+    by_labels = dep(namespace="default", name=None, selector=ke.Selector.of({"app": "x"}),
+                    absent_is_done=absent_is_done)
+    for verdict in (ke.check_jobs(by_name, read), ke.check_jobs(by_labels, read)):
+        assert not verdict.met and verdict.absent is absent_is_done
+    read.add("batch/v1", "jobs", job("gone", active=1))  # one that exists is judged as it is
+    verdict = ke.check_jobs(by_name, read)
+    assert not verdict.met and not verdict.absent
+
+
 # POD_JSON ---------------------------------------------------------------------------------
 
 def pods_dep(same_node):

@@ -5,6 +5,7 @@ they take the address of), so a mistake is one line and exit 2 at start, never a
 never succeed, a traceback or a silent hang."""
 
 import json
+import re
 import signal
 import socket
 
@@ -129,6 +130,76 @@ def test_unknown_dependency_variable_suggests_the_closest(tmp_path):
     error = config_error(tmp_path, DEPENDENCY_WHATEVER_ELSE="x")
     assert "DEPENDENCY_POD_JSON" in str(error)  # lists the valid names
     assert parse(tmp_path, DEPENDENCY_SERVICES="") == []  # empty: nothing to complain about
+
+
+# Our own variables misspelt ---------------------------------------------------------------
+
+def test_unknown_entrypoint_variable_suggests_the_closest(tmp_path, entrypoint):
+    run = entrypoint({"ENTRYPOINT_TIMOUT": "1"})
+    assert_config_exit(run, "ENTRYPOINT_TIMOUT")
+    assert "did you mean ENTRYPOINT_TIMEOUT?" in run.stderr
+    error = config_error(tmp_path, ENTRYPOINT_WHATEVER_ELSE="x")
+    assert error.variable == "ENTRYPOINT_WHATEVER_ELSE" and "ENTRYPOINT_FAIL_FAST" in str(error)
+    assert parse(tmp_path, ENTRYPOINT_TIMOUT="") == []  # empty: nothing to complain about
+
+
+def test_every_entrypoint_variable_read_is_a_known_one():
+    with open(ke.__file__) as f:
+        read = set(re.findall(r'"(ENTRYPOINT_[A-Z_]+)"', f.read()))
+    assert read == {name for name, _ in ke.SETTINGS_HELP if name.startswith("ENTRYPOINT_")}
+
+
+@pytest.mark.parametrize("variable", ["COMAND", "COMMANDS", "COMMMAND", "command", "Comand"])
+def test_misspelt_command_is_a_mistake_not_a_silent_exit(entrypoint, variable):
+    run = entrypoint({variable: "/bin/true"}, command="")
+    assert_config_exit(run, "COMMAND")
+    assert "did you mean COMMAND?" in run.stderr and variable in run.stderr
+
+
+def test_a_variable_like_command_beside_a_command_is_fine(tmp_path, entrypoint):
+    run = entrypoint({"COMMANDS": "x"})  # the default COMMAND runs the reporter
+    run.assert_execd()
+    assert ke.edits("COMMON", "COMMAND") == 2 and ke.edits("HOME", "COMMAND") > 2
+
+
+def test_slash_for_a_namespace_suggests_the_colon(tmp_path):
+    error = config_error(tmp_path, DEPENDENCY_SERVICE="openstack/mariadb")
+    assert error.variable == "DEPENDENCY_SERVICE"
+    assert "did you mean 'openstack:mariadb' (namespace:name)?" in str(error)
+
+
+def test_bad_namespace_says_what_a_valid_one_looks_like(tmp_path):
+    error = config_error(tmp_path, NAMESPACE="OpenStack", DEPENDENCY_SERVICE="db")
+    assert str(error).startswith("NAMESPACE: 'OpenStack' is not a valid Kubernetes namespace (a "
+                                 "DNS-1123 label: a-z, 0-9 and '-'")
+    assert "e.g. openstack" in str(error)
+
+
+# Jobs: absentIsDone -------------------------------------------------------------------------
+
+def test_absent_is_done_from_the_variable_and_per_entry(tmp_path):
+    entries = json.dumps([{"name": "a"}, {"name": "b", "absentIsDone": False},
+                          {"labels": {"app": "c"}, "absentIsDone": True}])
+    deps = parse(tmp_path, DEPENDENCY_JOBS_JSON=entries)
+    assert [d.absent_is_done for d in deps] == [False, False, True]
+    deps = parse(tmp_path, DEPENDENCY_JOBS_JSON=entries, ENTRYPOINT_JOB_ABSENT_IS_DONE="true")
+    assert [d.absent_is_done for d in deps] == [True, False, True]
+    deps = parse(tmp_path, DEPENDENCY_JOBS="a,b", ENTRYPOINT_JOB_ABSENT_IS_DONE="TRUE")
+    assert [d.absent_is_done for d in deps] == [True, True]
+    assert [d.absent_is_done for d in parse(tmp_path, DEPENDENCY_JOBS="a")] == [False]
+
+
+@pytest.mark.parametrize("env, variable", [
+    ({"DEPENDENCY_JOBS_JSON": '[{"name": "a", "absentIsDone": "yes"}]'}, "DEPENDENCY_JOBS_JSON"),
+    ({"DEPENDENCY_JOBS_JSON": '[{"name": "a", "absentIsdone": true}]'}, "DEPENDENCY_JOBS_JSON"),
+    ({"ENTRYPOINT_JOB_ABSENT_IS_DONE": "1"}, "ENTRYPOINT_JOB_ABSENT_IS_DONE"),
+    ({"ENTRYPOINT_JOB_ABSENT_GRACE": "3601"}, "ENTRYPOINT_JOB_ABSENT_GRACE"),
+    ({"ENTRYPOINT_JOB_ABSENT_GRACE": "-1"}, "ENTRYPOINT_JOB_ABSENT_GRACE"),
+    ({"ENTRYPOINT_FAIL_FAST": "yes"}, "ENTRYPOINT_FAIL_FAST"),
+])
+def test_job_settings_refuse_nonsense(tmp_path, env, variable):
+    error = config_error(tmp_path, DEPENDENCY_JOBS="a", **env)
+    assert error.variable == variable
 
 
 # Item 13: Service, Job and DaemonSet names ----------------------------------------------------

@@ -6,9 +6,11 @@ import re
 import threading
 import time
 
+import pytest
+
 import fakeapi as k8s
 import kubernetes_entrypoint as ke
-from conftest import FakeClock
+from conftest import FakeClock, wait_for
 from scenarios import client_for, parse, unmet_service
 
 
@@ -102,3 +104,95 @@ def test_item21_reason_for_many_jobs_is_summarised(api, entrypoint):
     lines = (run.stdout + run.stderr).splitlines()
     assert max(len(line) for line in lines) <= 1000, max(len(line) for line in lines)
     assert "300" in run.stderr  # how many are not succeeded
+
+
+# Jobs: absent counted as done after a grace, failed for good ended at once --------------------
+
+def waiting_for_job(api, grace, **env):
+    deps = parse(dict(api.env(), DEPENDENCY_JOBS="db-sync", **env))
+    read = ke.ApiReader(client_for(api), interval=0.05, watch=False)
+    return ke.Waiting(deps, read, interval=0.05, absent_grace=grace)
+
+
+def run_in_thread(waiting):
+    thread = threading.Thread(target=waiting.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_absent_job_counts_as_done_after_the_grace_judged_on_storage(api, capsys):
+    waiting = waiting_for_job(api, 0.5, ENTRYPOINT_JOB_ABSENT_IS_DONE="true")
+    started = time.monotonic()
+    waiting.run()
+    assert time.monotonic() - started >= 0.5
+    [(label, why)] = waiting.counted_done
+    assert label == "Job db-sync in namespace default" and why.startswith("counted as done: absent for ")
+    out = capsys.readouterr().out
+    assert "failed: job not found (deleted, or not created yet); counted as done once absent for 0s " \
+           "(absent is done) ." in out
+    assert "Dependency Job db-sync in namespace default is resolved (counted as done: absent for " in out
+    last = [r for r in api.requests if r.resource == "jobs"][-1]
+    assert "resourceVersion" not in last.query  # the absence that counted was read from storage
+
+
+def test_absent_job_without_the_setting_is_waited_for(api):
+    waiting = waiting_for_job(api, 0.0)
+    thread = run_in_thread(waiting)
+    time.sleep(0.5)
+    assert thread.is_alive() and waiting.unmet() == [
+        ("Job db-sync in namespace default", "job not found (deleted, or not created yet)")]
+    api.put(k8s.job("db-sync", succeeded=1))
+    thread.join(5)
+    assert not thread.is_alive() and waiting.counted_done == []
+
+
+def test_job_recreated_within_the_grace_is_judged_as_it_is(api, capsys):
+    """Helm's before-hook-creation: the old Job deleted, the new one created a moment later."""
+    waiting = waiting_for_job(api, 1.0, ENTRYPOINT_JOB_ABSENT_IS_DONE="true")
+    thread = run_in_thread(waiting)
+    wait_for(lambda: waiting.pending[0].absent_since is not None)
+    api.freeze_cache()  # a cache behind: it still says absent
+    api.put(k8s.job("db-sync", active=1))
+    time.sleep(1.5)
+    assert thread.is_alive(), "an absence that ended counted as done"
+    assert waiting.pending[0].absent_since is None
+    api.thaw_cache()
+    api.put(k8s.job("db-sync", succeeded=1))
+    thread.join(5)
+    assert not thread.is_alive() and waiting.counted_done == []
+    assert "counted as done:" not in capsys.readouterr().out
+
+
+def test_grace_zero_counts_at_the_first_storage_read(api):
+    waiting = waiting_for_job(api, 0.0, ENTRYPOINT_JOB_ABSENT_IS_DONE="true")
+    waiting.run()
+    assert len(waiting.counted_done) == 1
+
+
+def test_failed_for_good_ends_the_wait_with_fail_fast(api):
+    api.put(k8s.job("db-sync", failed=6, failed_for_good=True))
+    deps = parse(dict(api.env(), DEPENDENCY_JOBS="db-sync"))
+    read = ke.ApiReader(client_for(api), interval=0.05, watch=False)
+    with pytest.raises(ke.DependencyFailed) as failed:
+        ke.Waiting(deps, read, interval=0.05, fail_fast=True).run()
+    assert str(failed.value) == (
+        "Job db-sync in namespace default: failed for good (BackoffLimitExceeded: "
+        "Job has reached the specified backoff limit; 0 active, 6 failed): it succeeds only if "
+        "re-created (ENTRYPOINT_FAIL_FAST)")
+
+
+def test_failed_in_a_lagging_cache_only_does_not_end_the_wait(api):
+    api.put(k8s.job("db-sync", active=1))
+    deps = parse(dict(api.env(), DEPENDENCY_JOBS="db-sync"))
+    read = ke.ApiReader(client_for(api), interval=0.05, watch=False)
+    waiting = ke.Waiting(deps, read, interval=0.05, fail_fast=True)
+    api.put(k8s.job("db-sync", failed=6, failed_for_good=True))
+    api.freeze_cache()  # the cache says failed for good ...
+    api.put(k8s.job("db-sync", active=1))  # ... but it was re-created
+    thread = run_in_thread(waiting)
+    time.sleep(0.5)
+    assert thread.is_alive()
+    api.thaw_cache()
+    api.put(k8s.job("db-sync", succeeded=1))
+    thread.join(5)
+    assert not thread.is_alive()

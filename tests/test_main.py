@@ -286,6 +286,30 @@ def test_check_counts_api_errors_as_not_met(api, entrypoint):
     assert run.finish() == 1 and "500" in run.stdout
 
 
+def test_check_names_the_dependency_in_a_failed_read_and_does_not_retry(api, entrypoint):
+    api.inject(status=500, times=10, match="endpointslices")
+    api.inject(status=500, times=10, match="endpoints")
+    run = ke_run(entrypoint, dict(api.env(), DEPENDENCY_SERVICE="db"), ["--check"])
+    assert run.finish() == 1
+    failed = [line for line in run.stdout.splitlines() if "failed:" in line]
+    assert failed and all(" for Service db in namespace default failed: " in line
+                          and "retrying" not in line for line in failed), run.stdout
+
+
+def test_check_and_validate_together_is_a_mistake(entrypoint):
+    run = ke_run(entrypoint, {}, ["--check", "--validate"])
+    assert run.finish() == 2
+    assert "arguments: --check and --validate do not go together" in run.stderr
+
+
+def test_check_counts_an_absent_job_as_done_only_without_a_grace(api, entrypoint):
+    env = dict(api.env(), DEPENDENCY_JOBS="gone", ENTRYPOINT_JOB_ABSENT_IS_DONE="true")
+    run = ke_run(entrypoint, env, ["--check"])
+    assert run.finish() == 1 and "counted as done once absent for 10s" in run.stdout
+    run = ke_run(entrypoint, dict(env, ENTRYPOINT_JOB_ABSENT_GRACE="0"), ["--check"])
+    assert run.finish() == 0, run.stdout
+
+
 def test_check_configuration_error_is_still_2(entrypoint):
     run = ke_run(entrypoint, {"DEPENDENCY_SERVICE": "a:b:c"}, ["--check"])
     assert run.finish() == 2
@@ -420,6 +444,47 @@ def test_command_not_found(entrypoint, message_file):
     run = entrypoint({"ENTRYPOINT_TERMINATION_LOG": str(message_file)}, command="no-such-command")
     assert run.finish() == 127
     assert lines_of(message_file)[0].startswith("COMMAND: no-such-command: command not found")
+
+
+def test_job_failed_for_good_with_fail_fast_is_exit_3_said_everywhere(api, entrypoint,
+                                                                        message_file):
+    this_pod(api)
+    api.put(k8s.job("db-sync", failed=6, failed_for_good=True))
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="db-sync", ENTRYPOINT_FAIL_FAST="true",
+                          POD_NAME="me", ENTRYPOINT_TERMINATION_LOG=str(message_file)))
+    assert run.finish() == 3 and run.report() is None
+    expected = ("Job db-sync in namespace default: failed for good (BackoffLimitExceeded: Job has "
+                "reached the specified backoff limit; 0 active, 6 failed): it succeeds only if "
+                "re-created (ENTRYPOINT_FAIL_FAST); the command was not run")
+    assert lines_of(message_file) == [expected]
+    assert run.stderr.startswith("Entrypoint ERROR: ") and run.stderr.endswith(expected + "\n")
+    warning = api.events()[-1]
+    assert (warning["type"], warning["reason"], warning["message"]) == (
+        "Warning", "DependencyFailed", expected)
+
+
+def test_job_failed_for_good_without_fail_fast_is_waited_for(api, entrypoint):
+    api.put(k8s.job("db-sync", failed=6, failed_for_good=True))
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="db-sync"))
+    wait_until_waiting(api)
+    assert run.running()
+    api.put(k8s.job("db-sync", succeeded=1))  # re-created, and it succeeded
+    run.assert_execd()
+    assert "failed for good (BackoffLimitExceeded: Job has reached" in run.stdout
+
+
+def test_absent_job_counted_as_done_is_said_everywhere(api, entrypoint, message_file):
+    this_pod(api)
+    run = entrypoint(dict(api.env(), DEPENDENCY_JOBS="db-sync", POD_NAME="me",
+                          ENTRYPOINT_JOB_ABSENT_IS_DONE="true", ENTRYPOINT_JOB_ABSENT_GRACE="1",
+                          ENTRYPOINT_TERMINATION_LOG=str(message_file)), command="")
+    assert run.finish() == 0
+    lines = lines_of(message_file)
+    assert lines[0].startswith("its dependency met after ")
+    assert lines[1].startswith("Job db-sync in namespace default: counted as done: absent for ")
+    assert "is resolved (counted as done: absent for " in run.stdout
+    met = api.events()[-1]
+    assert (met["reason"], met["message"]) == ("DependenciesMet", "; ".join(lines))
 
 
 def test_met_without_a_command(api, entrypoint, message_file):
