@@ -958,44 +958,86 @@ class Kind:
     namespace); json_keys; merge(dep): the label read a namespace shares; example (--help)."""
     def __init__(self, variable, parse, check, example, needs_api=True, needs_pod=False,
                  names=name_rule(OBJECT_NAME, "name"), label=None, json_keys=(), dry_check=None,
-                 merge=None):
+                 merge=None, reads=()):
         self.variable, self.parse, self.check, self.example = variable, parse, check, example
         self.needs_api, self.names, self.label, self.json_keys = needs_api, names, label, json_keys
         self.needs_pod = needs_pod if callable(needs_pod) else (lambda dep: needs_pod)
         self.dry_check, self.merge = dry_check or check, merge
+        # reads(dep): [(namespace, API group, resource)] its check reads (this pod's aside)
+        self.reads = reads if callable(reads) else (
+            lambda dep: [(dep.namespace, group, resource) for group, resource in reads])
 
 
 JOB_NAMES = name_rule(JOB_NAME, "Job name (at most 63 characters)")
+JOBS_READ = [("batch", "jobs")]
 KINDS = [
     Kind("DEPENDENCY_SERVICE", parse_names, check_service, "[ns:]service,...",
          names=name_rule(SERVICE_NAME, "Service name (a DNS-1035 label: a-z, 0-9, '-', starting "
                                        "with a letter, at most 63)"),
-         label="Service %s in namespace %s", merge=service_read),
+         label="Service %s in namespace %s", merge=service_read,
+         reads=[("discovery.k8s.io", "endpointslices"), ("", "endpoints")]),
     Kind("DEPENDENCY_CONTAINER", parse_local, check_container,
          "container,... (needs POD_NAME)", needs_pod=True,
          names=name_rule(LABEL_NAME, "container name"), label="Container %s"),
     Kind("DEPENDENCY_DAEMONSET", parse_names, check_daemonset,
          "[ns:]daemonset,... (needs POD_NAME)", needs_pod=True,
-         label="Daemonset %s in namespace %s"),
+         label="Daemonset %s in namespace %s", reads=[("apps", "daemonsets"), ("", "pods")]),
     Kind("DEPENDENCY_JOBS", parse_job_names, check_jobs, "[ns:]job,...", names=JOB_NAMES,
-         label="Job %s in namespace %s"),
+         label="Job %s in namespace %s", reads=JOBS_READ),
     Kind("DEPENDENCY_JOBS_JSON", parse_jobs_json, check_jobs,
          '[{"name": ...} or {"labels": {...}}, "namespace": ...]', names=JOB_NAMES,
-         label="Job %s in namespace %s", json_keys=("name", "labels", "namespace", "absentIsDone")),
+         label="Job %s in namespace %s", json_keys=("name", "labels", "namespace", "absentIsDone"),
+         reads=JOBS_READ),
     Kind("DEPENDENCY_POD_JSON", parse_pods_json, check_pods,
          '[{"labels": {...}, "namespace": ..., "requireSameNode": bool}]',
          needs_pod=lambda dep: dep.require_same_node,
-         json_keys=("labels", "namespace", "requireSameNode")),
+         json_keys=("labels", "namespace", "requireSameNode"), reads=[("", "pods")]),
     Kind("DEPENDENCY_CUSTOM_RESOURCE", parse_custom_resources, check_custom_resource,
          '[{"apiVersion", "kind", "name", "namespace", "fields", "conditions"}]',
          names=check_custom_resource_name,
-         json_keys=("apiVersion", "kind", "name", "namespace", "fields", "conditions")),
+         json_keys=("apiVersion", "kind", "name", "namespace", "fields", "conditions"),
+         reads=lambda dep: [(dep.namespace, dep.api_version.rpartition("/")[0],
+                             plural_of(dep.resource_kind))]),
     Kind("DEPENDENCY_SOCKET", parse_local, check_socket, "path,...", needs_api=False,
          names=lambda variable, path: path, label="Socket %s"),
     Kind("DEPENDENCY_CONFIG", parse_configs, check_config,
          "destination path,... (needs INTERFACE_NAME)", needs_api=False, dry_check=config_written),
 ]
 KIND_OF = {kind.variable: kind for kind in KINDS}
+
+
+# What a Role must allow, from the table -------------------------------------------------------
+
+READ_VERBS = ("get", "list", "watch")  # watch: react at once; list: no poll by name; get: at least
+EVENT_VERBS = ("create", "patch")
+
+
+def rules_needed(dependencies, events_namespace=None):
+    """{namespace: {(API group, resource): verbs}}: what the checks read, this pod where one
+    reads it, and where Events are written, those (and this pod, for its uid)."""
+    needed = {}
+    for dep in dependencies:
+        reads = dep.kind.reads(dep) + ([(dep.pod_namespace, "", "pods")]
+                                       if dep.kind.needs_pod(dep) else [])
+        for namespace, group, resource in reads:
+            needed.setdefault(namespace, {}).setdefault((group, resource), set()).update(READ_VERBS)
+    if events_namespace:
+        rules = needed.setdefault(events_namespace, {})
+        rules.setdefault(("", "events"), set()).update(EVENT_VERBS)
+        rules.setdefault(("", "pods"), set()).add("get")
+    return needed
+
+
+def namespaces_read(dependencies):
+    return {namespace for namespace in rules_needed(dependencies) if namespace}
+
+
+def plural_of(kind):
+    """A kind's resource as most CRDs name it (Widget: widgets, Policy: policies)."""
+    word = kind.lower()
+    if re.search("(s|x|z|ch|sh)$", word):
+        return word + "es"
+    return word[:-1] + "ies" if re.search("[^aeiou]y$", word) else word + "s"
 
 
 # 4. Engine ========================================================================================
@@ -1170,7 +1212,8 @@ def main(arguments=None, env=None):
 def run(arguments, env, outcome):
     """The recipe, step by step; each fails one clear way (ConfigError: 2, CommandError: 126/127)."""
     options = parse_arguments(arguments)
-    outcome.by_hand = options.check or options.validate  # not a container's process
+    outcome.by_hand = options.check or options.validate or options.rbac  # not a container's
+    LOG.stdout_is_output = options.rbac  # JSON for kubectl apply: every log line to stderr
     try:
         # 1. How to log, and the options: every line from here is in the format asked for.
         configure_logging(env)
@@ -1186,9 +1229,11 @@ def run(arguments, env, outcome):
         argv = argv or options.command
         if not argv:
             misspelt_command(env)
-        # 3. --validate ends here: nothing read from the API, nothing written.
+        # 3. --validate and --rbac end here: nothing read from the API, nothing written.
         if options.validate:
             return validate(dependencies, argv, env)
+        if options.rbac:
+            return print_roles(dependencies, settings)
         # 4. The API, where some dependency needs it: its CA and token are read now.
         needing = [dep.kind.variable for dep in dependencies if dep.kind.needs_api]
         reader = None if not needing else ApiReader(ApiClient(
@@ -1201,13 +1246,22 @@ def run(arguments, env, outcome):
         outcome.timeout = settings.timeout if options.timeout is None else options.timeout
         if outcome.timeout:
             signal.setitimer(signal.ITIMER_REAL, outcome.timeout)
+        if reader is not None:  # what the Role allows, asked first: nothing it refuses is sent
+            reader.role.review(namespaces_read(dependencies))
         # 6. --check ends here: every dependency asked once, nothing written.
         if options.check:
-            return check_once(dependencies, reader, settings.job_absent_grace)
+            code = check_once(dependencies, reader, settings.job_absent_grace)
+            if reader is not None:
+                needed = rules_needed(dependencies, settings.events and events_namespace(settings))
+                reader.role.review(ns for ns in needed if ns)
+                say_what_is_lacking(reader.role, needed)
+            return code
         # 7. The command, looked up now: a typo fails at once, not after the wait.
         executable = find_command(argv, env.get("PATH", os.defpath)) if argv else None
         # 8. The wait, with Events on the pod saying why while it lasts.
         events = outcome.events = events_for(env, settings, reader)
+        if events is not None and reader is not None:
+            reader.role.review([events.namespace])
         outcome.waiting = Waiting(dependencies, reader, settings.poll_interval,
                                   on_reason=events.waiting if events else None,
                                   absent_grace=settings.job_absent_grace,
@@ -1299,6 +1353,54 @@ def validate(dependencies, argv, env):
     else:
         write(sys.stdout, "command: none (exit 0 once everything is met)\n")
     return 0
+
+
+def print_roles(dependencies, settings):
+    """--rbac: one Role per namespace read, as JSON kubectl applies; each named by its rules, so
+    that the Roles of different needs never replace one another."""
+    import hashlib
+    needed = rules_needed(dependencies, settings.events and events_namespace(settings))
+    roles = []
+    for namespace in sorted(ns for ns in needed if ns):
+        grouped = {}
+        for (group, resource), verbs in sorted(needed[namespace].items()):
+            grouped.setdefault((group, tuple(sorted(verbs))), []).append(resource)
+        rules = [{"apiGroups": [group], "resources": resources, "verbs": list(verbs)}
+                 for (group, verbs), resources in sorted(grouped.items())]
+        digest = hashlib.sha256(json.dumps(rules, sort_keys=True).encode()).hexdigest()[:10]
+        roles.append({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                      "metadata": {"name": "kubernetes-entrypoint-" + digest, "namespace": namespace},
+                      "rules": rules})
+    write(sys.stdout, json.dumps({"apiVersion": "v1", "kind": "List", "items": roles}, indent=2)
+          + "\n")
+    log("INFO", "bind each Role to the pod's service account: kubectl create rolebinding NAME "
+                "--role ROLE --serviceaccount NAMESPACE:ACCOUNT -n NAMESPACE%s" % (
+                    "; custom resources: check each resource name (guessed from the kind), and a "
+                    "cluster-scoped kind needs a ClusterRole" if any(
+                        dep.kind.variable == "DEPENDENCY_CUSTOM_RESOURCE" for dep in dependencies)
+                    else ""))
+    return 0
+
+
+def say_what_is_lacking(role, needed):
+    """--check: after the table, what the account may not do of what it needs (and where the
+    review cannot tell), as log lines."""
+    lacking, unknown = [], set()
+    for namespace in sorted(ns for ns in needed if ns):
+        for (group, resource), verbs in sorted(needed[namespace].items()):
+            answers = {verb: role.may(verb, group, resource, namespace) for verb in sorted(verbs)}
+            missing = [verb for verb in sorted(verbs) if answers[verb] is False]
+            if missing:
+                lacking.append("%s on %s%s in namespace %s" % (
+                    ", ".join(missing), resource, "." + group if group else "", namespace))
+            if None in answers.values():
+                unknown.add(namespace)
+    if lacking:
+        log("WARNING", "the account lacks: %s (--rbac prints Roles that allow them)"
+            % "; ".join(lacking))
+    if unknown:
+        log("INFO", "what the account may do in namespace %s cannot be told (its rules review "
+                    "was refused, failed or incomplete)" % ", ".join(sorted(unknown)))
 
 
 def check_once(dependencies, read, absent_grace):
@@ -1429,6 +1531,7 @@ OPTIONS = {  # each option: the value it takes (or None), and what it does
     "--timeout": ("SECONDS", "give up after this long, exit 1 (overrides ENTRYPOINT_TIMEOUT)"),
     "--check": (None, "check every dependency once, print a table; exit 0 if all are met, else 1"),
     "--validate": (None, "print the dependencies as parsed, without the API; exit 2 on a mistake"),
+    "--rbac": (None, "print the Roles (JSON) that let it do its best here, without the API"),
     "--help": (None, "show this help and exit"),
     "--version": (None, "print the version and exit"),
 }
@@ -1437,8 +1540,8 @@ OPTIONS = {  # each option: the value it takes (or None), and what it does
 def parse_arguments(arguments):
     """Options, then the command, untouched (from the first word that is no option, or after
     `--`). Options may be shortened; a mistake is kept, not raised, so --check is known even then."""
-    options = types.SimpleNamespace(timeout=None, check=False, validate=False, help=False,
-                                    version=False, command=[], mistake=None)
+    options = types.SimpleNamespace(timeout=None, check=False, validate=False, rbac=False,
+                                    help=False, version=False, command=[], mistake=None)
     words = list(arguments)
     while words and words[0].startswith("-") and words[0] != "-":
         word = words.pop(0)
@@ -1469,9 +1572,10 @@ def parse_arguments(arguments):
             setattr(options, found[0][2:], True)
         if problem and not options.mistake:
             options.mistake = ConfigError(variable, problem)
-    if options.check and options.validate and not options.mistake:
-        options.mistake = ConfigError("arguments", "--check and --validate do not go together: "
-                                                   "--validate reads nothing from the API")
+    by_hand = [o for o in ("--check", "--validate", "--rbac") if getattr(options, o[2:])]
+    if len(by_hand) > 1 and not options.mistake:
+        options.mistake = ConfigError("arguments", "%s do not go together: give one"
+                                      % " and ".join(by_hand))
     options.command = words
     return options
 
@@ -1753,7 +1857,7 @@ class Freshness:
 class Collection:
     """One read: a list with selectors, an object by name, or discovery. `items`: what was last
     believed; `error`: the last failure, which checks see instead; `mode`: "watch", "poll", "get"
-    (by name, where list is refused) or "discovery", changed by ApiReader.fall_back only."""
+    (by name, where list is refused) or "discovery", changed by ApiReader.change_mode only."""
     def __init__(self, reader, key, kind, path, mode):
         self.reader, self.key = reader, key
         self.group_version, self.resource, self.namespace, self.labels, self.fields = key
@@ -1855,7 +1959,7 @@ class Collection:
         try:
             self._follow()
         except Exception as e:
-            self.reader.fall_back(self, "poll", "watch failed", "watching %s failed (%s: %s); "
+            self.reader.change_mode(self, "poll", "watch failed", "watching %s failed (%s: %s); "
                                   "polling it every %gs instead"
                                   % (self.describe(), type(e).__name__, e, self.reader.interval))
 
@@ -1895,11 +1999,11 @@ class Collection:
             action, failures, delay = after_stream(error, reader.clock() - opened, failures,
                                                    reader.interval)
             if action == "poll" and self.mode == "watch":
-                reader.fall_back(self, "poll", "watch refused", reader.refusal(
+                reader.change_mode(self, "poll", "watch refused", reader.refusal(
                     "watch", self, "polling every %gs instead; grant 'watch' to react at once"
                     % reader.interval))
             if self.mode != "watch":
-                return  # the engine polls it from now on (fall_back told it)
+                return  # the engine polls it from now on (change_mode told it)
             if error is not None and error.status != 410:
                 reader.trouble(self, error)
             relist = action == "relist"
@@ -1955,6 +2059,7 @@ class ApiReader:
         self.troubles = {}          # collection key -> [last error text, times seen]
         self.merged = {}            # a read's key -> the key of the merged read that answers it
         self.kinds = dict(BUILT_IN_KINDS)  # (group version, resource) -> the kind it serves
+        self.role = Permissions(client, clock)  # what may be asked, known before asking
 
     # What checks call ---------------------------------------------------------------------------
 
@@ -2060,12 +2165,17 @@ class ApiReader:
                     start_thread(collection.watcher)
                 except RuntimeError as e:  # a low pids limit: poll this one instead
                     collection.watcher = None
-                    self.fall_back(collection, "poll", "no thread",
+                    self.change_mode(collection, "poll", "no thread",
                                    "cannot start a thread to watch %s (%s): polling it every %gs "
                                    "instead" % (collection.describe(), e, self.interval))
 
     def poll(self, in_use):
-        """Refresh the polled collections in use that are due; the keys whose answer changed."""
+        """Refresh the polled collections in use that are due; the keys whose answer changed.
+        Now and then the Role is reviewed again: a read it now allows is made the best way."""
+        for namespace in self.role.review_due():
+            for collection in list(self.collections.values()):
+                if collection.namespace == namespace:
+                    self._use_the_role(collection, upgrade=True)
         now = self.clock()
         due = [c for k, c in self.collections.items() if k in in_use and c.next_refresh <= now
                and (c.mode != "watch" or c.watcher is None and c.items is None)]
@@ -2091,12 +2201,52 @@ class ApiReader:
         path = self.client.path(group_version, resource, namespace)
         mode = "discovery" if resource is None else "watch" if self.watch_allowed \
             and path not in self.watch_refused else "poll"
-        return Collection(self, key, self.kinds.get((group_version, resource)), path, mode)
+        collection = Collection(self, key, self.kinds.get((group_version, resource)), path, mode)
+        if mode != "discovery":
+            self._use_the_role(collection)
+        return collection
+
+    def may(self, verb, collection):
+        """Whether the Role allows `verb` on the collection: True, False, or None (try it)."""
+        return self.role.may(verb, collection.group_version.rpartition("/")[0],
+                             collection.resource, collection.namespace, collection.name)
+
+    def _use_the_role(self, collection, upgrade=False):
+        """Make the mode the best the Role allows: what it refuses is not asked (watch, then list,
+        then get by name); after a review, what it now allows (`upgrade`) is used. Said once."""
+        verbs, rank = {"watch": "watch", "poll": "list", "get": "get"}, ["get", "poll", "watch"]
+        best = collection.mode
+        while best != "get" and self.may(verbs[best], collection) is False \
+                and (best == "watch" or collection.name):
+            best = rank[rank.index(best) - 1]
+        for mode in rank[rank.index(best) + 1:] if upgrade else ():
+            if self.may(verbs[mode], collection) is not True or mode == "watch" and not \
+                    self.watch_allowed:
+                break
+            best = mode
+        if best == collection.mode:
+            return
+        if rank.index(best) < rank.index(collection.mode):
+            lacking = [verbs[mode] for mode in rank[rank.index(best) + 1:rank.index(collection.mode) + 1]]
+            self.change_mode(collection, best, "no " + verbs[collection.mode], (
+                "the Role allows no %s on %s: polling it%s every %gs instead; grant get, list and "
+                "watch to react at once (--rbac prints a Role)" % (
+                    " or ".join(lacking), collection.describe(),
+                    " by name" if best == "get" else "", self.interval)))
+        else:
+            self.watch_refused.discard(collection.path)
+            self.change_mode(collection, best, "allowed " + best, "the Role now allows %s on %s: "
+                           "%s it" % (verbs[best], collection.describe(),
+                                      "watching" if best == "watch" else "listing"))
 
     def refresh(self, collection, fresh=False):
         """Read the collection once (from storage if `fresh`); True if what checks see changed."""
         try:
             sent = self.clock()
+            verb = {"watch": "list", "poll": "list", "get": "get"}.get(collection.mode)
+            if verb and self.may(verb, collection) is False:  # known, so not asked
+                raise ApiError(403, "the Role allows no %s on %s (its rules review says so)"
+                               % (verb, collection.describe()), "NotAllowed")
             items, version, from_cache = self._read(collection, fresh)
             with self.lock:
                 changed = collection.error is not None or items != collection.items
@@ -2107,7 +2257,7 @@ class ApiReader:
                 self.reads.add(EVERY_ROUND)
                 raise
             if e.status == 403 and collection.mode in ("watch", "poll") and collection.name:
-                self.fall_back(collection, "get", "list refused",
+                self.change_mode(collection, "get", "list refused",
                                "API refused list %s (403): polling it by name instead; grant "
                                "'list' and 'watch' to react at once" % collection.describe())
                 return self.refresh(collection)
@@ -2167,20 +2317,23 @@ class ApiReader:
         except Exception as e:  # an answer no check of its shape foresaw
             raise malformed(collection.describe(), "%s: %s" % (type(e).__name__, e))
 
-    def fall_back(self, collection, mode, why, message):
+    def change_mode(self, collection, mode, why, message):
         """The one place a mode changes, said once per resource and reason; the engine is told."""
         collection.mode = mode
         if why == "watch refused":
             self.watch_refused.add(collection.path)
-        self.say_once((why, collection.path), message)
+        if mode == "watch" and collection.watcher is not None and not collection.watcher.is_alive():
+            collection.watcher = None  # a watch the Role allows again: follow() starts one
+        self.say_once((why, collection.path), message, "INFO" if why.startswith("allowed") else
+                      "WARNING")
         self.tell(collection.key)
 
     # Saying what goes wrong, once ---------------------------------------------------------------
 
-    def say_once(self, key, message):
+    def say_once(self, key, message, level="WARNING"):
         if key not in self.said:
             self.said.add(key)
-            log("WARNING", message)
+            log(level, message)
 
     @staticmethod
     def refusal(verb, collection, then=""):
@@ -2221,6 +2374,82 @@ def after_stream(error, lasted, failures, interval):
         delay = backoff(failures - 1, interval) if failures > 1 else 0.0
         return ("resume" if error is None else "relist"), failures, delay
     return "relist", failures, backoff(failures, interval, error.retry_after)
+
+
+# What the Role allows -----------------------------------------------------------------------
+
+REVIEW_EVERY = 120.0  # seconds between reviews of a namespace where something was not allowed
+RULES_REVIEW = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"  # any account may ask
+
+
+class Permissions:
+    """What this account may do in each namespace, as a SelfSubjectRulesReview says, so that
+    nothing is asked that would be refused. may() is True (a rule allows it), False (the review is
+    complete and no rule does) or None (cannot tell: no namespace, the review refused, failed,
+    malformed or incomplete): then reads try, as without a review. A namespace where something
+    was not allowed, or whose review failed, is reviewed again every REVIEW_EVERY seconds."""
+    def __init__(self, client, clock=time.monotonic):
+        self.client, self.clock = client, clock
+        self.rules = {}     # namespace -> [rule, ...] of a complete review, or None: cannot tell
+        self.again_at = {}  # namespace -> when to review it again (a failure, a "no")
+
+    def review(self, namespaces):
+        """Review each namespace not reviewed yet; the namespaces whose rules changed."""
+        return [ns for ns in sorted(namespaces) if ns not in self.rules and self._review(ns)]
+
+    def review_due(self):
+        """Review again the namespaces due; the namespaces whose rules changed."""
+        now = self.clock()
+        return [ns for ns, when in sorted(self.again_at.items()) if when <= now and self._review(ns)]
+
+    def _review(self, namespace):
+        before = self.rules.get(namespace, ())
+        self.again_at.pop(namespace, None)
+        try:
+            answer = self.client.send("POST", RULES_REVIEW, {
+                "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
+                "spec": {"namespace": namespace}})
+            self.rules[namespace] = rules = review_rules(answer)
+            if rules is None:
+                log("DEBUG", "the rules review of namespace %s cannot tell what is allowed "
+                             "(incomplete or malformed): requests are tried" % namespace)
+        except ApiError as e:
+            self.rules[namespace] = None
+            log("DEBUG", "no rules review of namespace %s (%s): requests are tried" % (namespace, e))
+            if e.status not in (403, 404):  # a refusal, a server without it: not asked again
+                self.again_at[namespace] = self.clock() + REVIEW_EVERY
+        return self.rules[namespace] != before
+
+    def may(self, verb, group, resource, namespace, name=None):
+        rules = self.rules.get(namespace) if namespace else None
+        if rules is None:
+            return None
+        for verbs, groups, resources, names in rules:
+            if (verb in verbs or "*" in verbs) and (group in groups or "*" in groups) and (
+                    resource in resources or "*" in resources):
+                if not names:
+                    return True
+                if name in names:  # by name: get, and list or watch of one name
+                    return True if verb == "get" else None
+        self.again_at.setdefault(namespace, self.clock() + REVIEW_EVERY)
+        return False
+
+
+def review_rules(answer):
+    """A complete review's rules as (verbs, apiGroups, resources, resourceNames) sets, or None."""
+    status = answer.get("status") if isinstance(answer, dict) else None
+    rules = status.get("resourceRules") if isinstance(status, dict) else None
+    if not isinstance(rules, list) or status.get("incomplete") is not False:
+        return None
+    found = []
+    for rule in rules:
+        fields = [rule.get(key) if isinstance(rule, dict) else None
+                  for key in ("verbs", "apiGroups", "resources", "resourceNames")]
+        if any(not isinstance(value or [], list) or not all(isinstance(v, str) for v in value or [])
+               for value in fields):
+            return None
+        found.append(tuple(frozenset(value or ()) for value in fields))
+    return found
 
 
 # 8. API client ====================================================================================
@@ -2374,12 +2603,14 @@ class ApiClient:
             self.close()  # a stream is not reused; the next request opens a fresh connection
 
     def send(self, method, path, document, content_type="application/json"):
-        """POST or PATCH a JSON document; its status (200 or 201), or an ApiError."""
+        """POST or PATCH a JSON document; the answer (an object, or None), or an ApiError."""
         response = self._open(path, None, method, json.dumps(document).encode(), content_type)
-        body = self._read_body(response, MAX_ERROR_BYTES)
+        body = self._read_body(response, MAX_ANSWER_BYTES if response.status in (200, 201)
+                               else MAX_ERROR_BYTES)
         if response.status not in (200, 201):
             raise self._error(response, body)
-        return response.status
+        answer = json_of(body)
+        return answer if isinstance(answer, dict) else None
 
     def _read_body(self, response, limit):
         """The whole body, at most `limit` bytes; cut short or too large: an ApiError."""
@@ -2400,7 +2631,7 @@ class ApiClient:
                 raise self._http.IncompleteRead(b"", response.length)
         except (OSError, self._http.HTTPException, ApiError) as e:
             self.close()
-            if response.status != 200:
+            if response.status not in (200, 201):
                 return b"".join(chunks)
             if isinstance(e, ApiError):
                 raise
@@ -2735,8 +2966,9 @@ class Events:
     record() keeps the latest per key; writes are spaced (EVENT_SPACING a key, EVENT_BURST refilled
     slowly); the same event raises its count by PATCH; a refusal (403) is said once and ends it."""
     def __init__(self, make_client, namespace, pod_name, clock=time.monotonic, wall=time.time,
-                 background=True):
+                 background=True, role=None):
         self.make_client = make_client  # called on the thread: no cost before the first event
+        self.role = role                # Permissions: what the Role allows, or None (try)
         self.background = background    # False: a test calls write_next() itself
         self.namespace, self.pod_name, self.clock, self.wall = namespace, pod_name, clock, wall
         self.client = self.involved = self.host = self.thread = None
@@ -2747,6 +2979,7 @@ class Events:
         self.tokens, self.refilled = float(EVENT_BURST), clock()
         self.retry_at, self.failures, self.last_stamp = float("-inf"), 0, 0
         self.writing = self.last_only = self.off = self.used = False  # used: an event recorded
+        self.said = set()      # messages said once
 
     def record(self, key, event_type, reason, message):
         with self.lock:
@@ -2815,6 +3048,10 @@ class Events:
     def _write(self, key, item):
         self.tokens -= 1
         self.last_write[key] = self.clock()
+        if self._may("create") is False:  # known, so not asked; a Role granted later is used
+            return self._say_once("Events on pod %s are not written: the Role allows no 'create' "
+                                  "on 'events' in namespace %s (--rbac prints a Role)"
+                                  % (self.pod_name, self.namespace))
         try:
             if self.client is None:
                 self.client = self.make_client()
@@ -2836,6 +3073,14 @@ class Events:
             self.retry_at = self.clock() + backoff(self.failures, 1.0, e.retry_after)
             self._again(key, item)
 
+    def _may(self, verb, resource="events", name=None):
+        return None if self.role is None else self.role.may(verb, "", resource, self.namespace, name)
+
+    def _say_once(self, message):
+        if message not in self.said:
+            self.said.add(message)
+            log("INFO", message)
+
     def _again(self, key, item):
         """Write the item again in its key's next turn (unless replaced); never the last."""
         if key != LAST:
@@ -2853,6 +3098,8 @@ class Events:
         reference = {"apiVersion": "v1", "kind": "Pod", "namespace": self.namespace,
                      "name": self.pod_name}
         try:
+            if self._may("get", "pods", self.pod_name) is False:
+                raise ApiError(403, "the Role allows no 'get' on 'pods'", "NotAllowed")
             pod = self.client.get(self.client.path("v1", "pods", self.namespace, self.pod_name))
         except ApiError as e:
             if e.status not in (403, 404):
@@ -2874,7 +3121,7 @@ class Events:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.wall()))
         item = (event_type, reason, message)
         known = self.written.get(item)
-        if known is not None:
+        if known is not None and self._may("patch") is not False:  # else: a new event each time
             try:
                 self.client.send("PATCH", self.client.path("v1", "events", self.namespace, known[0]),
                                  {"count": known[1] + 1, "lastTimestamp": stamp},
@@ -2908,22 +3155,31 @@ def events_for(env, settings, reader=None):
     """The pod's Events, or None (no POD_NAME, or ENTRYPOINT_EVENTS=false)."""
     if not settings.events or not settings.pod_name:
         return None
-    namespace = read_text(os.path.join(settings.serviceaccount_dir, "namespace")).strip()
 
     def make_client():
         return reader.client if reader is not None else ApiClient(
             settings.api_server or api_server_url(env, "ENTRYPOINT_EVENTS"),
             settings.serviceaccount_dir, settings.request_timeout)
 
-    return Events(make_client, namespace if LABEL_NAME.fullmatch(namespace) else settings.namespace,
-                  settings.pod_name)
+    return Events(make_client, events_namespace(settings), settings.pod_name,
+                  role=reader.role if reader is not None else None)
+
+
+def events_namespace(settings):
+    """Where this pod is, and so its Events: the service account's namespace, else NAMESPACE;
+    None without POD_NAME (no Events)."""
+    if not settings.pod_name:
+        return None
+    namespace = read_text(os.path.join(settings.serviceaccount_dir, "namespace")).strip()
+    return namespace if LABEL_NAME.fullmatch(namespace) else settings.namespace
 
 
 # 12. Logging ======================================================================================
 # One place writes every line, so the format cannot drift; no token is ever in one.
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LOG = types.SimpleNamespace(json=False, threshold=LEVELS.index("INFO"))
+LOG = types.SimpleNamespace(json=False, threshold=LEVELS.index("INFO"),
+                            stdout_is_output=False)  # --rbac: stdout holds JSON, logs go to stderr
 
 
 def log(level, message, dependency=None):
@@ -2939,7 +3195,7 @@ def log(level, message, dependency=None):
     else:
         line = "Entrypoint %s: %s %s\n" % (
             level, time.strftime("%Y/%m/%d %H:%M:%S", time.localtime(now)), one_line(message))
-    write(sys.stderr if level == "ERROR" else sys.stdout, line)
+    write(sys.stderr if level == "ERROR" or LOG.stdout_is_output else sys.stdout, line)
 
 
 CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")

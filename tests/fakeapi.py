@@ -8,7 +8,9 @@ rotation, history compaction and injected faults, down to raw bytes that no
 well-behaved server would send (a hostile or broken apiserver or proxy).
 
 Only GET is served over HTTP, and POST and PATCH of core v1 Events (what the
-entrypoint writes, checked as the real apiserver checks them: see api.events());
+entrypoint writes, checked as the real apiserver checks them: see api.events()),
+and POST of a SelfSubjectRulesReview (what the account may do in a namespace, as
+deny() or use_roles() set it: see _rules_review());
 tests change objects through the Python methods (put, update, delete), and
 every change is seen by open watches::
 
@@ -83,6 +85,14 @@ BUILTIN_RESOURCES = (
 
 VERBS = ("get", "list", "watch", "create", "patch")
 WRITABLE = {("v1", "events")}  # the only resource written over HTTP
+# Created (POST) only, by any authenticated user (system:basic-user); not in discovery here.
+RULES_REVIEW = ResourceType("authorization.k8s.io/v1", "selfsubjectrulesreviews",
+                            "SelfSubjectRulesReview", False)
+# What system:basic-user and system:discovery grant every account, as a review lists them.
+BASIC_RULES = [{"verbs": ["create"], "apiGroups": ["authorization.k8s.io"],
+                "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]}]
+BASIC_NON_RESOURCE_RULES = [{"verbs": ["get"], "nonResourceURLs": [
+    "/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/readyz", "/version", "/version/"]}]
 
 # ---------------------------------------------------------------------------
 # Status bodies: every error carries one, shaped like the real apiserver's
@@ -141,6 +151,25 @@ def _forbidden(verb, rtype, namespace, name):
     message = '%s is forbidden: User "%s" cannot %s resource "%s" in API group "%s" %s' % (
         subject, SERVICE_ACCOUNT_USER, verb, rtype.resource, rtype.group, scope)
     return status_body(403, message, details=_details(rtype, name))
+
+
+def _grants(rule, verb, rtype, name):
+    """Whether one RBAC PolicyRule allows the request; resourceNames only where a name is asked
+    (a get, or a list or watch with fieldSelector metadata.name=NAME)."""
+    def has(field, value):
+        values = rule.get(field) or ()
+        return "*" in values or value in values
+    names = rule.get("resourceNames") or ()
+    return (has("verbs", verb) and has("apiGroups", rtype.group) and has("resources", rtype.resource)
+            and (not names or name in names))
+
+
+def _name_asked(route, query):
+    """The object name RBAC sees: the path's, or a list's or watch's fieldSelector metadata.name."""
+    if route.name or route.verb not in ("list", "watch"):
+        return route.name
+    match = re.fullmatch(r"metadata\.name==?([^,]*)", query.get("fieldSelector", "").strip())
+    return _unescape_field_value(match.group(1)) if match else None
 
 
 UNAUTHORIZED = status_body(401, "Unauthorized")
@@ -466,8 +495,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._send_json(404, NOT_FOUND_PATH)
         if route.verb == "discovery":
             return self._send_json(200, route.document)
-        if api._is_denied(route.verb, route.rtype.resource, route.namespace):
+        if api._is_denied(route.verb, route.rtype, route.namespace, _name_asked(route, self.query)):
             return self._send_json(403, _forbidden(route.verb, route.rtype, route.namespace, route.name))
+        if route.rtype == RULES_REVIEW:
+            return self._send_json(*api._rules_review(self.body))
         if route.verb in ("create", "patch"):
             status, document = api._write_event(route, self.headers.get("Content-Type", ""),
                                                 self.body)
@@ -635,6 +666,11 @@ class FakeKubeAPI:
         not know the parameters), "ignore" (answered as a plain read).
       expire_with_http_410: answer a too-old resourceVersion with HTTP 410 instead of
         the default 200 stream carrying one ERROR event (what the real apiserver does).
+      review_incomplete: SelfSubjectRulesReviews say incomplete (as where another authorizer,
+        e.g. a webhook, decides too), with an evaluationError.
+      review_status: None, or review_status(namespace, status) -> what a review answers as its
+        status instead (anything JSON: a hostile or broken server).
+    A review is refused like any request with deny("create", "selfsubjectrulesreviews").
     """
 
     host = "127.0.0.1"
@@ -644,6 +680,8 @@ class FakeKubeAPI:
         self.bookmark_interval = 1.0
         self.expire_with_http_410 = False
         self.cache_reads = "serve"
+        self.review_incomplete = False
+        self.review_status = None
         self._frozen = None       # (objects, resourceVersion) that reads from the cache get
 
         self._lock = threading.RLock()
@@ -656,6 +694,7 @@ class FakeKubeAPI:
         self._compacted_rv = 0    # changes up to here are forgotten
         self._watches = []
         self._denials = set()
+        self._roles = None        # use_roles(): [(kind, namespace, rule), ...]
         self._faults = []
         self._requests = []
         self._connections = 0
@@ -1058,11 +1097,76 @@ class FakeKubeAPI:
         with self._lock:
             self._denials.discard((verb, resource, namespace))
 
-    def _is_denied(self, verb, resource, namespace):
+    def use_roles(self, roles):
+        """Authorize as RBAC would with these Role and ClusterRole objects (dicts as kubectl
+        applies them) bound to the account: a request is allowed only where a rule grants it
+        (wildcards "*", resourceNames, a Role only in its own namespace); None: allow everything
+        again. deny() still refuses on top of them. Reviews are always allowed (basic-user)."""
         with self._lock:
-            return any(rule_verb == verb and rule_resource == resource
-                       and (rule_namespace is None or namespace is None or rule_namespace == namespace)
-                       for rule_verb, rule_resource, rule_namespace in self._denials)
+            self._roles = None if roles is None else [
+                (role.get("kind"), (role.get("metadata") or {}).get("namespace"), rule)
+                for role in roles for rule in role.get("rules") or ()]
+
+    def refused(self):
+        """The requests answered 403 so far: what an audit log would show as refused."""
+        return [request for request in self.requests if request.status == 403]
+
+    def _is_denied(self, verb, rtype, namespace, name=None):
+        """Refused by a deny(), or (under use_roles()) granted by no rule."""
+        with self._lock:
+            if any(rule_verb == verb and rule_resource == rtype.resource
+                   and (rule_namespace is None or namespace is None or rule_namespace == namespace)
+                   for rule_verb, rule_resource, rule_namespace in self._denials):
+                return True
+            if self._roles is None or rtype == RULES_REVIEW:
+                return False
+            return not any(_grants(rule, verb, rtype, name) for kind, role_namespace, rule
+                           in self._roles if kind == "ClusterRole" or (
+                               namespace is not None and role_namespace == namespace))
+
+    def _rules_of_denials(self, namespace):
+        """Without use_roles(): everything ("*") where nothing is denied, as for cluster-admin;
+        else one rule per resource known (served or denied, in any group) with the verbs not
+        denied, so that a resource served only later is not in it (a Role naming no CRD yet)."""
+        if not any(rule_namespace in (None, namespace) for _, _, rule_namespace in self._denials):
+            return [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}]
+        resources = {rtype.resource: rtype.key in WRITABLE for rtype in self._types.values()}
+        for _, resource, _ in self._denials:
+            resources.setdefault(resource, False)
+        rules = []
+        for resource, writable in sorted(resources.items()):
+            verbs = [verb for verb in (VERBS if writable else VERBS[:3]) if not self._is_denied(
+                verb, ResourceType("", resource, "", True), namespace)]
+            if verbs:
+                rules.append({"verbs": verbs, "apiGroups": ["*"], "resources": [resource]})
+        return rules
+
+    def _rules_review(self, body):
+        """(status, document) for a SelfSubjectRulesReview: the rules that use_roles() or the
+        deny() list give the namespace asked, as the real apiserver lists them."""
+        try:
+            document = json.loads(body.decode("utf-8"))
+            namespace = document["spec"]["namespace"]
+            assert (document.get("apiVersion"), document.get("kind")) == (
+                RULES_REVIEW.group_version, RULES_REVIEW.kind)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            return 400, status_body(400, "not a SelfSubjectRulesReview with spec.namespace")
+        if not isinstance(namespace, str) or not namespace:
+            return 400, status_body(400, "spec.namespace: Required value")
+        with self._lock:
+            if self._roles is not None:
+                rules = [copy.deepcopy(rule) for kind, role_namespace, rule in self._roles
+                         if kind == "ClusterRole" or role_namespace == namespace]
+            else:
+                rules = self._rules_of_denials(namespace)
+            status = {"resourceRules": rules + copy.deepcopy(BASIC_RULES),
+                      "nonResourceRules": copy.deepcopy(BASIC_NON_RESOURCE_RULES),
+                      "incomplete": self.review_incomplete}
+            if self.review_incomplete:
+                status["evaluationError"] = "webhook authorizer: rules cannot be listed"
+            if self.review_status is not None:
+                status = self.review_status(namespace, status)
+        return 201, dict(document, metadata={"creationTimestamp": None}, status=status)
 
     # -- faults ------------------------------------------------------------
 
@@ -1165,6 +1269,9 @@ class FakeKubeAPI:
                 group_version, rest = parts[1] + "/" + parts[2], parts[3:]
             else:
                 return _UNKNOWN
+            if (group_version, rest) == (RULES_REVIEW.group_version, [RULES_REVIEW.resource]):
+                return _Route("create" if method == "POST" else "unwritable", RULES_REVIEW, None,
+                              None, None)
             if not rest:
                 document = self._api_resource_list(group_version)
                 return _Route("discovery", None, None, None, document) if document["resources"] else _UNKNOWN
@@ -1313,16 +1420,27 @@ def daemonset(name, namespace="default", match_labels=None, match_expressions=No
                        "numberMisscheduled": 0, "numberReady": 0}}
 
 
-def job(name, namespace="default", labels=None, succeeded=0, active=0, failed=0, failed_for_good=False):
+def job(name, namespace="default", labels=None, succeeded=0, active=0, failed=0, failed_for_good=False,
+        suspended=False):
     """A Job; zero counters are left out of status as the real apiserver does.
-    failed_for_good adds the Failed condition (backoff limit reached)."""
+    failed_for_good adds the Failed condition: True for the backoff limit reached, or a
+    (reason, message) pair. suspended sets spec.suspend and the Suspended condition."""
     status = {field: count for field, count in
               (("active", active), ("succeeded", succeeded), ("failed", failed)) if count}
+    spec = {"backoffLimit": 6, "completions": 1, "parallelism": 1}
+    conditions = []
+    if suspended:
+        spec["suspend"] = True
+        conditions.append(_condition("Suspended", True, reason="JobSuspended",
+                                     message="Job suspended"))
     if failed_for_good:
-        status["conditions"] = [_condition("Failed", True, reason="BackoffLimitExceeded",
-                                           message="Job has reached the specified backoff limit")]
+        reason, message = (failed_for_good if isinstance(failed_for_good, tuple) else
+                           ("BackoffLimitExceeded", "Job has reached the specified backoff limit"))
+        conditions.append(_condition("Failed", True, reason=reason, message=message))
+    if conditions:
+        status["conditions"] = conditions
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _meta(name, namespace, labels),
-            "spec": {"backoffLimit": 6, "completions": 1, "parallelism": 1}, "status": status}
+            "spec": spec, "status": status}
 
 
 def custom(api_version, kind, name, namespace=None, spec=None, status=None):

@@ -98,9 +98,26 @@ def test_configuration_error_is_a_warning(api, entrypoint):
     assert event["message"].startswith("DEPENDENCY_SERVICE: 'Bad_Name' is not a valid")
 
 
-def test_refusal_is_said_once_and_never_retried(api, entrypoint):
+def test_events_the_role_does_not_allow_are_not_sent(api, entrypoint):
+    """The rules review says no create on events: said once, and nothing is sent to be refused,
+    not even the read of this pod (its uid is only for the Events)."""
     this_pod(api)
     api.deny("create", "events")
+    run = entrypoint(waiting_on_mariadb(api, DEPENDENCY_JOBS="db-init", ENTRYPOINT_TIMEOUT="2"))
+    api.put(k8s.job("db-init", active=1))
+    assert run.finish() == 1
+    assert event_writes(api) == [] and api.refused() == []
+    assert not [r for r in api.requests if r.resource == "pods" and r.name == "web-0"]
+    said = [line for line in run.stdout.splitlines() if "Events on pod web-0" in line]
+    assert len(said) == 1 and "INFO" in said[0]
+    assert "the Role allows no 'create' on 'events' in namespace default" in said[0]
+
+
+def test_refusal_is_said_once_and_never_retried(api, entrypoint):
+    """Without a rules review (refused too), the first write is tried, refused, and the last."""
+    this_pod(api)
+    api.deny("create", "events")
+    api.deny("create", "selfsubjectrulesreviews")
     run = entrypoint(waiting_on_mariadb(api, DEPENDENCY_JOBS="db-init", ENTRYPOINT_TIMEOUT="2"))
     api.put(k8s.job("db-init", active=1))
     assert run.finish() == 1
@@ -120,6 +137,7 @@ def test_unreadable_pod_events_go_without_uid(api, entrypoint):
     run.process.terminate()
     run.finish()
     assert "`kubectl describe pod` does not" in run.stdout
+    assert api.refused() == []  # the rules review said so: the pod was not asked for
 
 
 def test_hung_events_endpoint_does_not_delay_the_command(api, entrypoint):

@@ -35,9 +35,11 @@ def test_debug_logs_every_request_without_the_token(api, entrypoint):
     run = entrypoint(dict(api.env(), DEPENDENCY_SERVICE="db", ENTRYPOINT_LOG_LEVEL="debug"))
     run.assert_execd()
     requests = [line for line in run.stdout.splitlines() if line.startswith("Entrypoint DEBUG: ")]
-    assert len(requests) == len(api.requests) == 1
+    assert len(requests) == len(api.requests) == 2
+    assert re.search(r"POST /apis/authorization\.k8s\.io/v1/selfsubjectrulesreviews: 201 in \d+ ms$",
+                     requests[0])
     assert re.search(r"GET /apis/discovery\.k8s\.io/v1/namespaces/default/endpointslices\?"
-                     r"labelSelector=kubernetes\.io%2Fservice-name%3Ddb: 200 in \d+ ms$", requests[0])
+                     r"labelSelector=kubernetes\.io%2Fservice-name%3Ddb: 200 in \d+ ms$", requests[1])
     assert api.token not in run.stdout + run.stderr and "Bearer" not in run.stdout + run.stderr
 
 

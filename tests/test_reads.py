@@ -446,8 +446,9 @@ def test_fault_while_waiting_then_recovery(api, entrypoint, kind, fault, watch):
     output = run.stdout + run.stderr
     assert "Traceback" not in output
     if watch == "watch refused":
-        assert "'watch'" in run.stdout  # said once which verb is missing
+        assert "the Role allows no watch on" in run.stdout  # said once which verb is missing
         assert api.open_watches == 0
+        assert api.refused() == []  # the rules review said so: no watch was tried
 
 
 def test_repeating_error_is_logged_once_with_a_count(api, entrypoint):
@@ -497,8 +498,25 @@ def test_list_refused_reads_by_name(api, entrypoint):
     run.assert_execd()
     gets = [r for r in api.requests if r.verb == "get" and r.resource == "widgets"]
     assert len(gets) >= 2  # polled by name until the condition held
+    assert run.stdout.count("the Role allows no list or watch on widgets.example.com w in "
+                            "namespace default: polling it by name every 0.2s instead") == 1
+    assert api.refused() == []  # known from the rules review: neither was tried
+
+
+def test_list_refused_reads_by_name_without_a_review(api, entrypoint):
+    """Where the review is refused too, the list is tried once, refused, and the object polled by name."""
+    env, _, met = SCENARIOS["custom_resource"]
+    api.deny("list", "widgets")
+    api.deny("watch", "widgets")
+    api.deny("create", "selfsubjectrulesreviews")
+    crd_installed_but_not_ready(api)
+    run = entrypoint(dict(api.env(), **env))
+    wait_until_waiting(api)
+    met(api)
+    run.assert_execd()
     assert run.stdout.count("API refused list widgets.example.com w in namespace default") == 1
     assert "polling it by name instead" in run.stdout
+    assert [r.verb for r in api.refused()] == ["create", "list"]  # the review, then one list
 
 
 # Discovery ------------------------------------------------------------------------------------

@@ -23,13 +23,12 @@ from templates import left_in, rendered
 
 def test_sigterm_while_waiting_exits_143_promptly(tmp_path, entrypoint):
     run = entrypoint({"DEPENDENCY_SOCKET": str(tmp_path / "never")})
-    time.sleep(0.5)  # well into waiting
+    assert "Resolving Socket" in run.process.stdout.readline()  # waiting now
     start = time.monotonic()
     run.process.send_signal(signal.SIGTERM)
     assert run.finish() == 143
     assert time.monotonic() - start < 3  # generous: it should take milliseconds
     assert run.report() is None
-    assert "Resolving Socket" in run.stdout
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
