@@ -1960,8 +1960,8 @@ class Collection:
             self._follow()
         except Exception as e:
             self.reader.change_mode(self, "poll", "watch failed", "watching %s failed (%s: %s); "
-                                  "polling it every %gs instead"
-                                  % (self.describe(), type(e).__name__, e, self.reader.interval))
+                                    "polling it every %gs instead"
+                                    % (self.describe(), type(e).__name__, e, self.reader.interval))
 
     def _follow(self):
         import random
@@ -2166,8 +2166,8 @@ class ApiReader:
                 except RuntimeError as e:  # a low pids limit: poll this one instead
                     collection.watcher = None
                     self.change_mode(collection, "poll", "no thread",
-                                   "cannot start a thread to watch %s (%s): polling it every %gs "
-                                   "instead" % (collection.describe(), e, self.interval))
+                                     "cannot start a thread to watch %s (%s): polling it every %gs "
+                                     "instead" % (collection.describe(), e, self.interval))
 
     def poll(self, in_use):
         """Refresh the polled collections in use that are due; the keys whose answer changed.
@@ -2227,7 +2227,8 @@ class ApiReader:
         if best == collection.mode:
             return
         if rank.index(best) < rank.index(collection.mode):
-            lacking = [verbs[mode] for mode in rank[rank.index(best) + 1:rank.index(collection.mode) + 1]]
+            lacking = [verbs[mode] for mode in
+                       rank[rank.index(best) + 1:rank.index(collection.mode) + 1]]
             self.change_mode(collection, best, "no " + verbs[collection.mode], (
                 "the Role allows no %s on %s: polling it%s every %gs instead; grant get, list and "
                 "watch to react at once (--rbac prints a Role)" % (
@@ -2236,8 +2237,8 @@ class ApiReader:
         else:
             self.watch_refused.discard(collection.path)
             self.change_mode(collection, best, "allowed " + best, "the Role now allows %s on %s: "
-                           "%s it" % (verbs[best], collection.describe(),
-                                      "watching" if best == "watch" else "listing"))
+                             "%s it" % (verbs[best], collection.describe(),
+                                        "watching" if best == "watch" else "listing"))
 
     def refresh(self, collection, fresh=False):
         """Read the collection once (from storage if `fresh`); True if what checks see changed."""
@@ -2258,8 +2259,8 @@ class ApiReader:
                 raise
             if e.status == 403 and collection.mode in ("watch", "poll") and collection.name:
                 self.change_mode(collection, "get", "list refused",
-                               "API refused list %s (403): polling it by name instead; grant "
-                               "'list' and 'watch' to react at once" % collection.describe())
+                                 "API refused list %s (403): polling it by name instead; grant "
+                                 "'list' and 'watch' to react at once" % collection.describe())
                 return self.refresh(collection)
             if e.status == 403:
                 verb = "list" if collection.mode in ("watch", "poll") else "get"
@@ -2443,8 +2444,9 @@ def review_rules(answer):
         return None
     found = []
     for rule in rules:
-        fields = [rule.get(key) if isinstance(rule, dict) else None
-                  for key in ("verbs", "apiGroups", "resources", "resourceNames")]
+        if not isinstance(rule, dict):
+            return None
+        fields = [rule.get(key) for key in ("verbs", "apiGroups", "resources", "resourceNames")]
         if any(not isinstance(value or [], list) or not all(isinstance(v, str) for v in value or [])
                for value in fields):
             return None

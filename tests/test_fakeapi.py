@@ -446,6 +446,92 @@ def test_watch_and_list_are_denied_separately(api):
     conn.close()
 
 
+REVIEWS = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews"
+
+
+def review(api, namespace="default"):
+    return send_json(api, "POST", REVIEWS, {"apiVersion": "authorization.k8s.io/v1",
+                                            "kind": "SelfSubjectRulesReview",
+                                            "spec": {"namespace": namespace}})
+
+
+def granted(rules, verb, group, resource):
+    return any(("*" in r["verbs"] or verb in r["verbs"]) and ("*" in r["apiGroups"] or group in
+               r["apiGroups"]) and ("*" in r["resources"] or resource in r["resources"])
+               for r in rules)
+
+
+def test_rules_review_without_denials_allows_everything(api):
+    status, answer = review(api)
+    assert status == 201 and answer["kind"] == "SelfSubjectRulesReview"
+    assert answer["status"]["incomplete"] is False
+    assert granted(answer["status"]["resourceRules"], "watch", "example.com", "widgets")
+    assert api.requests[-1][:2] == ("POST", REVIEWS) and api.requests[-1].verb == "create"
+
+
+def test_rules_review_lists_what_deny_leaves(api):
+    api.deny("watch", "jobs")
+    api.deny("list", "pods", "other")
+    rules = review(api)[1]["status"]["resourceRules"]
+    assert not granted(rules, "watch", "batch", "jobs")
+    assert granted(rules, "list", "batch", "jobs") and granted(rules, "list", "", "pods")
+    assert granted(rules, "create", "", "events") and not granted(rules, "create", "", "pods")
+    assert not granted(review(api, "other")[1]["status"]["resourceRules"], "list", "", "pods")
+
+
+def test_rules_review_refused_incomplete_or_replaced(api):
+    api.review_incomplete = True
+    answer = review(api)[1]["status"]
+    assert answer["incomplete"] is True and answer["evaluationError"]
+    api.review_status = lambda namespace, status: "not a status"
+    assert review(api)[1]["status"] == "not a status"
+    api.deny("create", "selfsubjectrulesreviews")
+    status, answer = review(api)
+    assert (status, answer["reason"]) == (403, "Forbidden")
+    assert "cannot create resource \"selfsubjectrulesreviews\"" in answer["message"]
+    assert [r.status for r in api.refused()] == [403]
+
+
+def test_rules_review_needs_a_namespace_and_a_post(api):
+    assert send_json(api, "POST", REVIEWS, {"kind": "SelfSubjectRulesReview"})[0] == 400
+    assert fetch(api, REVIEWS)[0] == 405
+
+
+ROLES = [
+    {"kind": "Role", "metadata": {"name": "r", "namespace": "default"}, "rules": [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"], "resourceNames": ["db-sync"]}]},
+    {"kind": "ClusterRole", "metadata": {"name": "c"}, "rules": [
+        {"apiGroups": ["*"], "resources": ["endpointslices"], "verbs": ["*"]}]},
+]
+
+
+def test_use_roles_authorizes_as_rbac(api):
+    api.use_roles(ROLES)
+    assert fetch(api, PODS)[0] == 200
+    assert fetch(api, PODS + "?watch=1", timeout=1)[0] == 403
+    assert fetch(api, "/api/v1/namespaces/other/pods")[0] == 403  # a Role: its namespace only
+    assert fetch(api, "/apis/discovery.k8s.io/v1/namespaces/other/endpointslices")[0] == 200
+    assert fetch(api, "/apis/batch/v1/namespaces/default/jobs/db-sync")[0] == 404  # allowed, absent
+    assert fetch(api, "/apis/batch/v1/namespaces/default/jobs/other")[0] == 403
+    assert fetch(api, "/apis/batch/v1/namespaces/default/jobs")[0] == 403
+    assert fetch(api, EVENTS)[0] == 403
+    rules = review(api)[1]["status"]["resourceRules"]
+    assert {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get"],
+            "resourceNames": ["db-sync"]} in rules
+    assert review(api, "other")[1]["status"]["resourceRules"][0]["resources"] == ["endpointslices"]
+    api.use_roles(None)
+    assert fetch(api, EVENTS)[0] == 200
+
+
+def test_use_roles_names_from_a_field_selector(api):
+    """RBAC sees a list or watch of metadata.name=NAME as asking for NAME (resourceNames)."""
+    api.use_roles([{"kind": "Role", "metadata": {"namespace": "default"}, "rules": [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"], "resourceNames": ["me"]}]}])
+    assert fetch(api, PODS + "?fieldSelector=metadata.name%3Dme")[0] == 200
+    assert fetch(api, PODS + "?fieldSelector=metadata.name%3Dyou")[0] == 403
+
+
 # ---------------------------------------------------------------------------
 # Request log
 # ---------------------------------------------------------------------------
@@ -694,6 +780,11 @@ def test_workload_builders():
     failed = job("j", failed=6, failed_for_good=True)["status"]
     assert failed["failed"] == 6
     assert [(c["type"], c["status"]) for c in failed["conditions"]] == [("Failed", "True")]
+    [condition] = job("j", failed_for_good=("DeadlineExceeded", "too long"))["status"]["conditions"]
+    assert (condition["reason"], condition["message"]) == ("DeadlineExceeded", "too long")
+    suspended = job("j", suspended=True)
+    assert suspended["spec"]["suspend"] is True
+    assert suspended["status"]["conditions"][0]["type"] == "Suspended"
     built = custom("example.com/v1", "Widget", "w", spec={"size": 1})
     assert built == {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
                      "spec": {"size": 1}}
