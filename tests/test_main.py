@@ -302,6 +302,21 @@ def test_check_and_validate_together_is_a_mistake(entrypoint):
     assert "arguments: --check and --validate do not go together" in run.stderr
 
 
+def test_check_says_a_job_is_suspended_or_failed_and_why(api, entrypoint):
+    api.put(k8s.job("paused", suspended=True))
+    api.put(k8s.job("late", failed=1, failed_for_good=("DeadlineExceeded", "too slow")))
+    run = ke_run(entrypoint, dict(api.env(), DEPENDENCY_JOBS="paused,late"), ["--check"])
+    assert run.finish() == 1
+    assert "suspended (spec.suspend is true; 0 active, 0 failed): it runs once resumed" in run.stdout
+    assert "failed for good (DeadlineExceeded: too slow; 0 active, 1 failed)" in run.stdout
+
+
+def test_rbac_with_check_or_validate_is_a_mistake(entrypoint):
+    for other in ("--check", "--validate"):
+        run = ke_run(entrypoint, {}, ["--rbac", other])
+        assert run.finish() == 2 and "do not go together" in run.stderr and run.stdout == ""
+
+
 def test_check_counts_an_absent_job_as_done_only_without_a_grace(api, entrypoint):
     env = dict(api.env(), DEPENDENCY_JOBS="gone", ENTRYPOINT_JOB_ABSENT_IS_DONE="true")
     run = ke_run(entrypoint, env, ["--check"])

@@ -486,11 +486,15 @@ def test_refusal_logged_once_with_verb_resource_and_namespace(api, capsys):
     assert "list jobs.batch in namespace openstack" in lines[0] and "'list' on jobs" in lines[0]
 
 
-def test_list_refused_reads_by_name(api, entrypoint):
-    """Custom resources often come with `get` only: the object is then polled by name."""
+@pytest.mark.parametrize("review", ["reviewed", "review refused"])
+def test_list_refused_reads_by_name(api, entrypoint, review):
+    """Custom resources often come with `get` only: the object is then polled by name. The rules
+    review says so before anything is asked; where it is refused too, the list is tried once."""
     env, _, met = SCENARIOS["custom_resource"]
     api.deny("list", "widgets")
     api.deny("watch", "widgets")
+    if review == "review refused":
+        api.deny("create", "selfsubjectrulesreviews")
     crd_installed_but_not_ready(api)
     run = entrypoint(dict(api.env(), **env))
     wait_until_waiting(api)
@@ -498,25 +502,14 @@ def test_list_refused_reads_by_name(api, entrypoint):
     run.assert_execd()
     gets = [r for r in api.requests if r.verb == "get" and r.resource == "widgets"]
     assert len(gets) >= 2  # polled by name until the condition held
-    assert run.stdout.count("the Role allows no list or watch on widgets.example.com w in "
-                            "namespace default: polling it by name every 0.2s instead") == 1
-    assert api.refused() == []  # known from the rules review: neither was tried
-
-
-def test_list_refused_reads_by_name_without_a_review(api, entrypoint):
-    """Where the review is refused too, the list is tried once, refused, and the object polled by name."""
-    env, _, met = SCENARIOS["custom_resource"]
-    api.deny("list", "widgets")
-    api.deny("watch", "widgets")
-    api.deny("create", "selfsubjectrulesreviews")
-    crd_installed_but_not_ready(api)
-    run = entrypoint(dict(api.env(), **env))
-    wait_until_waiting(api)
-    met(api)
-    run.assert_execd()
-    assert run.stdout.count("API refused list widgets.example.com w in namespace default") == 1
-    assert "polling it by name instead" in run.stdout
-    assert [r.verb for r in api.refused()] == ["create", "list"]  # the review, then one list
+    if review == "reviewed":
+        assert run.stdout.count("the Role allows no list or watch on widgets.example.com w in "
+                                "namespace default: polling it by name every 0.2s instead") == 1
+        assert api.refused() == []  # neither was tried
+    else:
+        assert run.stdout.count("API refused list widgets.example.com w in namespace default") == 1
+        assert "polling it by name instead" in run.stdout
+        assert [r.verb for r in api.refused()] == ["create", "list"]  # the review, one list
 
 
 # Discovery ------------------------------------------------------------------------------------
