@@ -163,6 +163,7 @@ def read_settings(env):
         fail_fast=true_or_false(env, "ENTRYPOINT_FAIL_FAST", False),
         job_absent_is_done=true_or_false(env, "ENTRYPOINT_JOB_ABSENT_IS_DONE", False),
         job_absent_grace=seconds_setting(env, "ENTRYPOINT_JOB_ABSENT_GRACE", 10, 0, 3600),
+        http_ca=env.get("ENTRYPOINT_HTTP_CA", "").strip(),
     )
 
 
@@ -192,9 +193,9 @@ def seconds_setting(env, variable, default, minimum, maximum, zero_means_off=Fal
     except ValueError:
         seconds = -1.0
     if not (minimum <= seconds <= maximum or zero_means_off and seconds == 0):
-        raise ConfigError(variable, "%s is not a number of seconds (%s%g to %d)"
-                          % (shown(value), "0 for off, or " if zero_means_off else "", minimum,
-                             maximum))
+        raise ConfigError(variable, "%s is not a number of seconds from %g to %d%s"
+                          % (shown(value), minimum, maximum, " (or 0 for off)" if zero_means_off
+                             else ""))
     return seconds
 
 
@@ -516,6 +517,93 @@ def parse_configs(kind, value, settings):
     return deps
 
 
+# TCP and HTTP: addresses outside the cluster's objects ------------------------------------------
+
+def host_and_port(variable, item, default_port=None, whole=None):
+    """`host:port`, `[IPv6]:port` (the port optional with a default): the host as connect() wants
+    it (no brackets) and the port, 1 to 65535; anything else is an error, naming `whole` (the URL
+    the item is part of) or the item."""
+    said = shown(whole or item)
+    rest = item
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or "[" in host:
+            raise ConfigError(variable, "%s has unbalanced brackets (want [IPv6]:port)" % said)
+        if getattr(ip_address(host), "version", 0) != 6:
+            raise ConfigError(variable, "%s: only an IPv6 address goes in brackets" % said)
+        port = rest[1:] if rest.startswith(":") else None if not rest else ""
+    elif "[" in item or "]" in item:
+        raise ConfigError(variable, "%s has unbalanced brackets (want [IPv6]:port)" % said)
+    elif item.count(":") > 1:
+        raise ConfigError(variable, "%s: an IPv6 address goes in brackets, e.g. [%s]:5432"
+                          % (said, item.rpartition(":")[0]))
+    else:
+        host, colon, port = item.partition(":")
+        port = port if colon else None
+        if not is_host(host):
+            raise ConfigError(variable, "%s: %s is not a host name or address" % (said, shown(host)))
+    if port is None and default_port is None:
+        raise ConfigError(variable, "%s has no port (want host:port)" % said)
+    if port is None:
+        return host, default_port
+    if not re.fullmatch(r"[0-9]{1,5}", port) or not 1 <= int(port) <= 65535:
+        raise ConfigError(variable, "%s: the port must be a number from 1 to 65535" % said)
+    return host, int(port)
+
+
+def parse_tcp(kind, value, settings):
+    """`host:port,...` (`tcp://` before it allowed, as other waiters write it)."""
+    deps = []
+    for item in split_list(value):
+        address = item[len("tcp://"):] if item.lower().startswith("tcp://") else item
+        host, port = host_and_port(kind.variable, address)
+        deps.append(Dependency(kind=kind, host=host, port=port, timeout=settings.request_timeout,
+                               label=kind.label % address))
+    return deps
+
+
+def parse_http(kind, value, settings):
+    """`http://...` or `https://...` URLs: a host, no credentials (they would be logged), nothing a
+    request line cannot carry. https verifies against ENTRYPOINT_HTTP_CA, else the system's CAs."""
+    from urllib.parse import urlsplit
+    deps, context = [], None
+    for url in split_list(value):
+        if CONTROL_CHARACTERS.search(url) or " " in url or not url.isascii():
+            raise ConfigError(kind.variable, "%s has spaces, control or non-ASCII characters "
+                                             "(percent-encode them: %%20)" % shown(url))
+        try:
+            parts = urlsplit(url)
+        except ValueError as e:  # brackets that hold no IPv6 address
+            raise ConfigError(kind.variable, "%s is not a URL (%s)" % (shown(url), e))
+        if parts.scheme.lower() not in ("http", "https"):
+            raise ConfigError(kind.variable, "%s is not an http:// or https:// URL" % shown(url))
+        if "@" in parts.netloc:
+            hidden = "%s://...@%s" % (parts.scheme, parts.netloc.rpartition("@")[2])
+            raise ConfigError(kind.variable, "%s holds credentials: they would be logged; "
+                                             "remove them" % shown(hidden))
+        if not parts.netloc:
+            raise ConfigError(kind.variable, "%s has no host" % shown(url))
+        https = parts.scheme.lower() == "https"
+        host, port = host_and_port(kind.variable, parts.netloc, 443 if https else 80, url)
+        if https and context is None:
+            context = http_tls_context(settings.http_ca)
+        deps.append(Dependency(kind=kind, url=url, host=host, port=port,
+                               context=context if https else None,
+                               target=(parts.path or "/") + ("?" + parts.query if parts.query else ""),
+                               timeout=settings.request_timeout, label=kind.label % url))
+    return deps
+
+
+def http_tls_context(ca_path):
+    """How an https dependency is verified: ENTRYPOINT_HTTP_CA's certificates, else the system's."""
+    import ssl
+    try:
+        return tls_context(ca_path or None)
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError("ENTRYPOINT_HTTP_CA", "cannot load the CA certificates %s (%s)"
+                          % (shown(ca_path), getattr(e, "strerror", None) or e))
+
+
 # CONFIG templates -------------------------------------------------------------------------------
 
 class ConfigTemplate(string.Template):
@@ -634,8 +722,8 @@ def misspelt_command(env):
     """With no command, a variable set within two edits of COMMAND (COMAND, command) is one."""
     for variable in sorted(env):
         if variable != "COMMAND" and env[variable].strip() and edits(variable.upper(), "COMMAND") <= 2:
-            raise ConfigError("COMMAND", "not set, but %s is: did you mean COMMAND? (as it is, the "
-                                         "command would never run)" % variable)
+            raise ConfigError("COMMAND", "empty, but %s is set: did you mean COMMAND? (as it is, "
+                                         "the command would never run)" % variable)
 
 
 def edits(a, b):
@@ -735,18 +823,24 @@ def service_read(dep):
 
 def check_service(dep, read):
     """An endpoint has an address and is ready: EndpointSlices, or the Endpoints object."""
+    slices_readable = True
     try:
         slices = read.list(*service_read(dep))
     except ApiError as e:
         if e.status not in (403, 404):
             raise
-        slices = []
+        slices, slices_readable = [], False
     if slices:
         endpoints = [e for s in slices for e in list_of(s.get("endpoints")) if isinstance(e, dict)]
         ready = sum(1 for e in endpoints
                     if list_of(e.get("addresses")) and dig(e, "conditions", "ready") is not False)
         return MET if ready else not_met("0 of %d endpoints ready" % len(endpoints))
-    endpoints = read.get("v1", "endpoints", dep.namespace, dep.name)
+    try:
+        endpoints = read.get("v1", "endpoints", dep.namespace, dep.name)
+    except ApiError as e:
+        if e.reason != "NotAllowed" or not slices_readable:
+            raise
+        return not_met("no EndpointSlice for the Service yet (is it created?)")
     if endpoints is None:
         return not_met("no endpoints yet (is the Service created?)")
     subsets = [s for s in list_of(endpoints.get("subsets")) if isinstance(s, dict)]
@@ -927,6 +1021,78 @@ def check_socket(dep, read):
         "exists, but is not readable by uid %d" % os.getuid())
 
 
+def check_tcp(dep, read):
+    """A TCP connection to the host and port succeeds, to any address the name resolves to (each
+    tried in turn); it is closed at once, nothing sent. All within the request timeout."""
+    deadline, failures = time.monotonic() + dep.timeout, []
+    try:
+        found = addresses(dep.host, dep.port, deadline)
+    except OSError as e:
+        return not_met("cannot connect to %s: %s" % (dep.host, network_failure(e)))
+    for family, kind, protocol, _, socket_address in found:
+        where = ("[%s]:%d" if family == socket.AF_INET6 else "%s:%d") % socket_address[:2]
+        try:
+            with socket.socket(family, kind, protocol) as sock:
+                sock.settimeout(time_left(deadline, "connection"))
+                sock.connect(socket_address)
+            return MET
+        except OSError as e:
+            failures.append("%s: %s" % (where, network_failure(e)))
+            if time.monotonic() >= deadline:
+                break
+    return not_met("cannot connect to %s" % "; to ".join(failures or ["it: no address"]))
+
+
+HTTP_BODY_READ = 4096  # bytes of an answer's body read (a piece is shown in the reason)
+HTTP_BODY_SHOWN = 100  # characters of it in the reason
+
+
+def check_http(dep, read):
+    """A GET of the URL answers 2xx. A redirect is not followed (3xx: not met, saying where it
+    points); no token, no proxy; the answer bounded in time and size, a clean piece in the reason."""
+    import http.client
+    make = bounded_connection(http.client.HTTPSConnection if dep.context else
+                              http.client.HTTPConnection)
+    connection = make(dep.host, dep.port, **({"context": dep.context} if dep.context else {}))
+    connection.deadline = time.monotonic() + dep.timeout
+    try:
+        connection.request("GET", dep.target, headers={
+            "User-Agent": "kubernetes-entrypoint/" + __version__, "Accept": "*/*",
+            "Connection": "close"})
+        response = connection.getresponse()
+        body = response.read(HTTP_BODY_READ)
+    except (OSError, http.client.HTTPException) as e:
+        return not_met("GET failed: %s" % network_failure(e))
+    finally:
+        connection.close()
+    if 200 <= response.status < 300:
+        return MET
+    answer = "%d %s" % (response.status, one_line(response.reason or "")[:60])
+    if 300 <= response.status < 400:
+        where = one_line(response.getheader("Location") or "nowhere")
+        return not_met("%s, redirects to %s (not followed)" % (answer.strip(), clip(where, 200)))
+    piece = body.decode("utf-8", "replace")
+    if "html" in (response.getheader("Content-Type") or "").lower():
+        piece = re.sub(r"<[^>]*>?", " ", piece)  # the words of an error page, not its markup
+    piece = " ".join(piece.split())
+    return not_met("%s%s" % (answer.strip(), ": " + clip(one_line(piece), HTTP_BODY_SHOWN)
+                             if piece else ""))
+
+
+def network_failure(error):
+    """What went wrong, as someone reading `nc` or `wget` output would say it."""
+    import ssl
+    if isinstance(error, socket.timeout):
+        return str(error) if "timed out" in str(error) else "timed out"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(error, socket.gaierror):
+        return "name not found (%s)" % (error.strerror or error)
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return "certificate not trusted (%s)" % clip(one_line(error.verify_message or ""), 200)
+    return describe_failure(error)
+
+
 def check_config(dep, read):
     """The rendered template is written to its destination (retried while it cannot be)."""
     try:
@@ -955,33 +1121,40 @@ class Kind:
     """One DEPENDENCY_* variable; adding a kind is one parser, one check and one row: parse(kind,
     value, settings); check(dep, read); dry_check (--check's, where check writes); needs_api;
     needs_pod(dep): POD_NAME needed; names(variable, name): the names' rule; label (from name,
-    namespace); json_keys; merge(dep): the label read a namespace shares; example (--help)."""
+    namespace); json_keys; merge(dep): the label read a namespace shares; example (--help);
+    in_thread: the check goes to the network, so each round it runs in a thread of its own."""
     def __init__(self, variable, parse, check, example, needs_api=True, needs_pod=False,
                  names=name_rule(OBJECT_NAME, "name"), label=None, json_keys=(), dry_check=None,
-                 merge=None, reads=()):
+                 merge=None, reads=(), in_thread=False):
         self.variable, self.parse, self.check, self.example = variable, parse, check, example
+        self.in_thread = in_thread
         self.needs_api, self.names, self.label, self.json_keys = needs_api, names, label, json_keys
         self.needs_pod = needs_pod if callable(needs_pod) else (lambda dep: needs_pod)
         self.dry_check, self.merge = dry_check or check, merge
-        # reads(dep): [(namespace, API group, resource)] its check reads (this pod's aside)
+        # reads(dep, plural): [(namespace, API group, resource, name or None, fallback)] its check
+        # reads, by name where it reads one object (this pod's aside), `fallback` where it is read
+        # only when another cannot be; plural(apiVersion, kind) names a custom resource. In the
+        # table: (group, resource, by name, fallback).
         self.reads = reads if callable(reads) else (
-            lambda dep: [(dep.namespace, group, resource) for group, resource in reads])
+            lambda dep, plural: [(dep.namespace, group, resource, dep.name if by_name else None,
+                                  fallback) for group, resource, by_name, fallback in reads])
 
 
 JOB_NAMES = name_rule(JOB_NAME, "Job name (at most 63 characters)")
-JOBS_READ = [("batch", "jobs")]
+JOBS_READ = [("batch", "jobs", True, False)]
 KINDS = [
     Kind("DEPENDENCY_SERVICE", parse_names, check_service, "[ns:]service,...",
          names=name_rule(SERVICE_NAME, "Service name (a DNS-1035 label: a-z, 0-9, '-', starting "
                                        "with a letter, at most 63)"),
          label="Service %s in namespace %s", merge=service_read,
-         reads=[("discovery.k8s.io", "endpointslices"), ("", "endpoints")]),
+         reads=[("discovery.k8s.io", "endpointslices", False, False), ("", "endpoints", True, True)]),
     Kind("DEPENDENCY_CONTAINER", parse_local, check_container,
          "container,... (needs POD_NAME)", needs_pod=True,
          names=name_rule(LABEL_NAME, "container name"), label="Container %s"),
     Kind("DEPENDENCY_DAEMONSET", parse_names, check_daemonset,
          "[ns:]daemonset,... (needs POD_NAME)", needs_pod=True,
-         label="Daemonset %s in namespace %s", reads=[("apps", "daemonsets"), ("", "pods")]),
+         label="Daemonset %s in namespace %s",
+         reads=[("apps", "daemonsets", True, False), ("", "pods", False, False)]),
     Kind("DEPENDENCY_JOBS", parse_job_names, check_jobs, "[ns:]job,...", names=JOB_NAMES,
          label="Job %s in namespace %s", reads=JOBS_READ),
     Kind("DEPENDENCY_JOBS_JSON", parse_jobs_json, check_jobs,
@@ -991,15 +1164,19 @@ KINDS = [
     Kind("DEPENDENCY_POD_JSON", parse_pods_json, check_pods,
          '[{"labels": {...}, "namespace": ..., "requireSameNode": bool}]',
          needs_pod=lambda dep: dep.require_same_node,
-         json_keys=("labels", "namespace", "requireSameNode"), reads=[("", "pods")]),
+         json_keys=("labels", "namespace", "requireSameNode"), reads=[("", "pods", False, False)]),
     Kind("DEPENDENCY_CUSTOM_RESOURCE", parse_custom_resources, check_custom_resource,
          '[{"apiVersion", "kind", "name", "namespace", "fields", "conditions"}]',
          names=check_custom_resource_name,
          json_keys=("apiVersion", "kind", "name", "namespace", "fields", "conditions"),
-         reads=lambda dep: [(dep.namespace, dep.api_version.rpartition("/")[0],
-                             plural_of(dep.resource_kind))]),
+         reads=lambda dep, plural: [(dep.namespace, dep.api_version.rpartition("/")[0],
+                                     plural(dep.api_version, dep.resource_kind), dep.name, False)]),
     Kind("DEPENDENCY_SOCKET", parse_local, check_socket, "path,...", needs_api=False,
          names=lambda variable, path: path, label="Socket %s"),
+    Kind("DEPENDENCY_TCP", parse_tcp, check_tcp, "host:port,... ([IPv6]:port)", needs_api=False,
+         label="TCP %s", in_thread=True),
+    Kind("DEPENDENCY_HTTP", parse_http, check_http, "http(s)://...,... (met on 2xx)",
+         needs_api=False, label="HTTP %s", in_thread=True),
     Kind("DEPENDENCY_CONFIG", parse_configs, check_config,
          "destination path,... (needs INTERFACE_NAME)", needs_api=False, dry_check=config_written),
 ]
@@ -1008,28 +1185,40 @@ KIND_OF = {kind.variable: kind for kind in KINDS}
 
 # What a Role must allow, from the table -------------------------------------------------------
 
-READ_VERBS = ("get", "list", "watch")  # watch: react at once; list: no poll by name; get: at least
+READ_VERBS = ("get", "list", "watch")  # of one object: watch to react at once; get at the least
+LIST_VERBS = ("list", "watch")         # of a selection (labels): never read with get
 EVENT_VERBS = ("create", "patch")
 
 
-def rules_needed(dependencies, events_namespace=None):
-    """{namespace: {(API group, resource): verbs}}: what the checks read, this pod where one
-    reads it, and where Events are written, those (and this pod, for its uid)."""
-    needed = {}
+def access_needed(dependencies, settings=None, plural=None):
+    """[(namespace, API group, resource, name or None, fallback, verbs)]: what the checks read (by
+    name where they read one object), this pod where one reads it, and, where Events are written
+    (per `settings`), events and this pod (for its uid). `plural`: a custom resource's name,
+    guessed from its kind unless told (what discovery said)."""
+    found = []
     for dep in dependencies:
-        reads = dep.kind.reads(dep) + ([(dep.pod_namespace, "", "pods")]
-                                       if dep.kind.needs_pod(dep) else [])
-        for namespace, group, resource in reads:
-            needed.setdefault(namespace, {}).setdefault((group, resource), set()).update(READ_VERBS)
-    if events_namespace:
-        rules = needed.setdefault(events_namespace, {})
-        rules.setdefault(("", "events"), set()).update(EVENT_VERBS)
-        rules.setdefault(("", "pods"), set()).add("get")
+        reads = dep.kind.reads(dep, plural or (lambda api_version, kind: plural_of(kind)))
+        if dep.kind.needs_pod(dep):
+            reads.append((dep.pod_namespace, "", "pods", dep.pod_name, False))
+        found += [read + (READ_VERBS if read[3] else LIST_VERBS,) for read in reads]
+    events_in = settings.events and events_namespace(settings) if settings else None
+    if events_in:
+        found += [(events_in, "", "events", None, False, EVENT_VERBS),
+                  (events_in, "", "pods", settings.pod_name, False, ("get",))]
+    return found
+
+
+def rules_needed(access):
+    """{namespace: {(API group, resource): verbs}}: the access needed, names aside (a Role's)."""
+    needed = {}
+    for namespace, group, resource, _, _, verbs in access:
+        if namespace:
+            needed.setdefault(namespace, {}).setdefault((group, resource), set()).update(verbs)
     return needed
 
 
 def namespaces_read(dependencies):
-    return {namespace for namespace in rules_needed(dependencies) if namespace}
+    return set(rules_needed(access_needed(dependencies)))
 
 
 def plural_of(kind):
@@ -1047,6 +1236,7 @@ MAX_REASON = 300  # characters of one reason in a log line
 STOP_RECHECK = 1.0  # seconds: the longest the wait goes without looking for a dropped Stop
 PROGRESS_SHOWN = 5  # a progress line names 5 unmet dependencies, or 4 and "and N more"
 EVERY_ROUND = ("every round",)  # in a check's reads: check it again every round
+PROBED = ("probed",)  # told the reader's waiters: a check in a thread of its own has finished
 
 
 def evaluate(dependency, read, check=None):
@@ -1063,6 +1253,50 @@ def evaluate(dependency, read, check=None):
 
 class DependencyFailed(Exception):
     """A dependency that can never be met as it is, with ENTRYPOINT_FAIL_FAST: exit 3."""
+
+
+class Probes:
+    """The checks that go to the network (TCP, HTTP), each attempt in a thread of its own, so that
+    a slow host holds up neither the others nor the wait: one attempt per dependency at a time,
+    started by the engine's rounds, bounded by the request timeout; the engine takes what has
+    finished, woken by `tell` (the reader's) or wait(). No attempt is under way once all are met."""
+    def __init__(self, tell=None):
+        self.tell, self.finished, self.running = tell, {}, set()
+        self.done = threading.Condition()
+
+    def start(self, entry):
+        with self.done:
+            if id(entry) in self.running:
+                return
+            self.running.add(id(entry))
+        thread = threading.Thread(target=self._attempt, args=(entry,), name="probe", daemon=True)
+        try:
+            start_thread(thread)
+        except RuntimeError:  # no thread to spare (a low pids limit): in this one
+            self._attempt(entry)
+
+    def _attempt(self, entry):
+        verdict = evaluate(entry.dep, None)
+        with self.done:
+            self.running.discard(id(entry))
+            self.finished[id(entry)] = (entry, verdict)
+            self.done.notify_all()
+        if self.tell is not None:
+            self.tell(PROBED)
+
+    def take(self):
+        """(entry, verdict) of each attempt finished since the last take."""
+        with self.done:
+            finished, self.finished = self.finished, {}
+        return list(finished.values())
+
+    def busy(self):
+        with self.done:
+            return bool(self.running or self.finished)
+
+    def wait(self, timeout):
+        with self.done:
+            self.done.wait_for(lambda: self.finished, max(timeout, 0.001))
 
 
 def absent_reason(reason, grace):
@@ -1089,6 +1323,7 @@ class Waiting:
                                               absent_since=None)
                         for dep in sorted(dependencies, key=lambda d: d.kind.needs_api)]
         self.counted_done = []  # (label, why): absent, counted as done
+        self.probes = Probes(read.tell if read is not None else None)
         self.started = clock()
 
     def waited(self):
@@ -1110,9 +1345,16 @@ class Waiting:
             raise_if_stopped()
             for entry in list(self.pending):
                 reads = entry.reads
-                if reads is None or reads & changed or new_round and (
+                if entry.dep.kind.in_thread:
+                    if reads is None or new_round:
+                        entry.reads = set()
+                        self.probes.start(entry)
+                elif reads is None or reads & changed or new_round and (
                         not reads or EVERY_ROUND in reads) or self._absence_due(entry):
                     self._check(entry)
+            for entry, verdict in self.probes.take():
+                if entry in self.pending:
+                    self._judge(entry, verdict)
             if not self.pending:
                 return
             now = self.clock()
@@ -1123,7 +1365,10 @@ class Waiting:
                 entry.absent_since + self.absent_grace for entry in self.pending
                 if entry.absent_since is not None]) - now
             in_use = set().union(*(entry.reads for entry in self.pending))
-            if self.read is None:
+            if self.read is None and self.probes.busy():
+                self.probes.wait(wake)
+                changed = set()
+            elif self.read is None:
                 self.sleep(max(0.0, wake))
                 changed = set()
             else:
@@ -1147,6 +1392,10 @@ class Waiting:
             self.read.again_from_storage()  # what ends the wait is never a cache's lag
             verdict = evaluate(entry.dep, self.read)
         entry.reads = self.read.end() if self.read is not None else set()
+        self._judge(entry, verdict)
+
+    def _judge(self, entry, verdict):
+        """A check's verdict taken: met (said once), or its reason said when it changes."""
         entry.label = verdict.label or entry.label
         if verdict.mistake is not None:
             raise verdict.mistake
@@ -1252,9 +1501,9 @@ def run(arguments, env, outcome):
         if options.check:
             code = check_once(dependencies, reader, settings.job_absent_grace)
             if reader is not None:
-                needed = rules_needed(dependencies, settings.events and events_namespace(settings))
-                reader.role.review(ns for ns in needed if ns)
-                say_what_is_lacking(reader.role, needed)
+                access = access_needed(dependencies, settings, reader.plural)
+                reader.role.review(rules_needed(access))
+                say_what_is_lacking(reader.role, access)
             return code
         # 7. The command, looked up now: a typo fails at once, not after the wait.
         executable = find_command(argv, env.get("PATH", os.defpath)) if argv else None
@@ -1359,7 +1608,7 @@ def print_roles(dependencies, settings):
     """--rbac: one Role per namespace read, as JSON kubectl applies; each named by its rules, so
     that the Roles of different needs never replace one another."""
     import hashlib
-    needed = rules_needed(dependencies, settings.events and events_namespace(settings))
+    needed = rules_needed(access_needed(dependencies, settings))
     roles = []
     for namespace in sorted(ns for ns in needed if ns):
         grouped = {}
@@ -1373,28 +1622,31 @@ def print_roles(dependencies, settings):
                       "rules": rules})
     write(sys.stdout, json.dumps({"apiVersion": "v1", "kind": "List", "items": roles}, indent=2)
           + "\n")
-    log("INFO", "bind each Role to the pod's service account: kubectl create rolebinding NAME "
-                "--role ROLE --serviceaccount NAMESPACE:ACCOUNT -n NAMESPACE%s" % (
-                    "; custom resources: check each resource name (guessed from the kind), and a "
-                    "cluster-scoped kind needs a ClusterRole" if any(
-                        dep.kind.variable == "DEPENDENCY_CUSTOM_RESOURCE" for dep in dependencies)
-                    else ""))
+    if roles:
+        log("INFO", "bind each Role to the pod's service account: kubectl create rolebinding "
+                    "NAME --role ROLE --serviceaccount NAMESPACE:ACCOUNT -n NAMESPACE%s" % (
+                        "; custom resources: check each resource name (guessed from the kind), "
+                        "and a cluster-scoped kind needs a ClusterRole" if any(
+                            dep.kind.variable == "DEPENDENCY_CUSTOM_RESOURCE"
+                            for dep in dependencies) else ""))
     return 0
 
 
-def say_what_is_lacking(role, needed):
-    """--check: after the table, what the account may not do of what it needs (and where the
-    review cannot tell), as log lines."""
-    lacking, unknown = [], set()
-    for namespace in sorted(ns for ns in needed if ns):
-        for (group, resource), verbs in sorted(needed[namespace].items()):
-            answers = {verb: role.may(verb, group, resource, namespace) for verb in sorted(verbs)}
-            missing = [verb for verb in sorted(verbs) if answers[verb] is False]
-            if missing:
-                lacking.append("%s on %s%s in namespace %s" % (
-                    ", ".join(missing), resource, "." + group if group else "", namespace))
-            if None in answers.values():
-                unknown.add(namespace)
+def say_what_is_lacking(role, access):
+    """--check: after the table, what the account may not do of the `access` it needs (and where
+    the review cannot tell), as log lines."""
+    lacking, unknown = {}, set()
+    for namespace, group, resource, name, fallback, verbs in access:
+        if not namespace or fallback:  # (Endpoints: read only where EndpointSlices cannot be)
+            continue
+        answers = {verb: role.may(verb, group, resource, namespace, name) for verb in verbs}
+        missing = lacking.setdefault((namespace, group, resource), set())
+        missing.update(verb for verb, allowed in answers.items() if allowed is False)
+        if None in answers.values():
+            unknown.add(namespace)
+    lacking = ["%s on %s%s in namespace %s" % (", ".join(sorted(verbs)), resource,
+                                               "." + group if group else "", namespace)
+               for (namespace, group, resource), verbs in sorted(lacking.items()) if verbs]
     if lacking:
         log("WARNING", "the account lacks: %s (--rbac prints Roles that allow them)"
             % "; ".join(lacking))
@@ -1619,6 +1871,7 @@ SETTINGS_HELP = [
     ("ENTRYPOINT_JOB_ABSENT_IS_DONE", "true: a Job not found counts as done (a deleted one succeeded)"),
     ("ENTRYPOINT_JOB_ABSENT_GRACE", "seconds a Job must stay absent for that (default 10, 0-3600)"),
     ("ENTRYPOINT_FAIL_FAST", "true: a Job failed for good ends the wait at once, exit 3"),
+    ("ENTRYPOINT_HTTP_CA", "CA certificates (PEM) for https:// in HTTP (default: the system's)"),
     ("ENTRYPOINT_LOG_FORMAT", "text (default) or json"),
     ("ENTRYPOINT_LOG_LEVEL", "debug (adds every API request), info (default), warning, error"),
 ]
@@ -2094,6 +2347,11 @@ class ApiReader:
             self.reads.discard(key)
         return self.settled[(group_version, kind)]
 
+    def plural(self, group_version, kind):
+        """The resource serving `kind`, as discovery said, else as most CRDs name it."""
+        served = self.settled.get((group_version, kind))
+        return served["name"] if served else plural_of(kind)
+
     def merge(self, reads):
         """Reads one selector can say become one (`k in (a,b)`); each check sees only its own."""
         groups = {}
@@ -2176,6 +2434,8 @@ class ApiReader:
             for collection in list(self.collections.values()):
                 if collection.namespace == namespace:
                     self._use_the_role(collection, upgrade=True)
+                    if getattr(collection.error, "reason", None) == "NotAllowed":
+                        collection.next_refresh = 0.0  # not asked for the Role: now it may be
         now = self.clock()
         due = [c for k, c in self.collections.items() if k in in_use and c.next_refresh <= now
                and (c.mode != "watch" or c.watcher is None and c.items is None)]
@@ -2212,32 +2472,34 @@ class ApiReader:
                              collection.resource, collection.namespace, collection.name)
 
     def _use_the_role(self, collection, upgrade=False):
-        """Make the mode the best the Role allows: what it refuses is not asked (watch, then list,
-        then get by name); after a review, what it now allows (`upgrade`) is used. Said once."""
-        verbs, rank = {"watch": "watch", "poll": "list", "get": "get"}, ["get", "poll", "watch"]
+        """Make the mode the best the Role allows: what it refuses is not asked (a watch needs list
+        and watch, a poll list, a read by name get); after a review, what it now allows for sure
+        (`upgrade`) is used. Said once: what is missing and what it costs."""
+        needs = {"watch": ("list", "watch"), "poll": ("list",), "get": ("get",)}
+        rank = ["get", "poll", "watch"] if collection.name else ["poll", "watch"]
+        answers = {mode: [self.may(verb, collection) for verb in needs[mode]] for mode in rank}
         best = collection.mode
-        while best != "get" and self.may(verbs[best], collection) is False \
-                and (best == "watch" or collection.name):
+        while False in answers[best] and best != rank[0]:
             best = rank[rank.index(best) - 1]
         for mode in rank[rank.index(best) + 1:] if upgrade else ():
-            if self.may(verbs[mode], collection) is not True or mode == "watch" and not \
+            if not all(answer is True for answer in answers[mode]) or mode == "watch" and not \
                     self.watch_allowed:
                 break
             best = mode
-        if best == collection.mode:
-            return
-        if rank.index(best) < rank.index(collection.mode):
-            lacking = [verbs[mode] for mode in
-                       rank[rank.index(best) + 1:rank.index(collection.mode) + 1]]
-            self.change_mode(collection, best, "no " + verbs[collection.mode], (
+        if False in answers[best]:
+            self.change_mode(collection, best, "not allowed", "the Role allows no %s on %s: it is "
+                             "not read; grant get, list and watch (--rbac prints a Role)" % (
+                                 " or ".join(needs[best]), collection.describe()))
+        elif rank.index(best) < rank.index(collection.mode):
+            self.change_mode(collection, best, "no " + collection.mode, (
                 "the Role allows no %s on %s: polling it%s every %gs instead; grant get, list and "
                 "watch to react at once (--rbac prints a Role)" % (
-                    " or ".join(lacking), collection.describe(),
+                    "watch" if best == "poll" else "list or watch", collection.describe(),
                     " by name" if best == "get" else "", self.interval)))
-        else:
+        elif best != collection.mode:
             self.watch_refused.discard(collection.path)
             self.change_mode(collection, best, "allowed " + best, "the Role now allows %s on %s: "
-                             "%s it" % (verbs[best], collection.describe(),
+                             "%s it" % (" and ".join(needs[best]), collection.describe(),
                                         "watching" if best == "watch" else "listing"))
 
     def refresh(self, collection, fresh=False):
@@ -2262,7 +2524,7 @@ class ApiReader:
                                  "API refused list %s (403): polling it by name instead; grant "
                                  "'list' and 'watch' to react at once" % collection.describe())
                 return self.refresh(collection)
-            if e.status == 403:
+            if e.status == 403 and e.reason != "NotAllowed":  # (that one was said: not sent)
                 verb = "list" if collection.mode in ("watch", "poll") else "get"
                 self.say_once((verb, collection.path), self.refusal(verb, collection))
             collection.failures += 1
@@ -2405,7 +2667,7 @@ class Permissions:
 
     def _review(self, namespace):
         before = self.rules.get(namespace, ())
-        self.again_at.pop(namespace, None)
+        wanted = self.again_at.pop(namespace, None) is not None
         try:
             answer = self.client.send("POST", RULES_REVIEW, {
                 "apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectRulesReview",
@@ -2414,6 +2676,8 @@ class Permissions:
             if rules is None:
                 log("DEBUG", "the rules review of namespace %s cannot tell what is allowed "
                              "(incomplete or malformed): requests are tried" % namespace)
+            elif wanted and rules == before:  # what was not allowed still is not: ask again later
+                self.again_at[namespace] = self.clock() + REVIEW_EVERY
         except ApiError as e:
             self.rules[namespace] = None
             log("DEBUG", "no rules review of namespace %s (%s): requests are tried" % (namespace, e))
@@ -2427,11 +2691,8 @@ class Permissions:
             return None
         for verbs, groups, resources, names in rules:
             if (verb in verbs or "*" in verbs) and (group in groups or "*" in groups) and (
-                    resource in resources or "*" in resources):
-                if not names:
-                    return True
-                if name in names:  # by name: get, and list or watch of one name
-                    return True if verb == "get" else None
+                    resource in resources or "*" in resources) and (not names or name in names):
+                return True  # by name too: a list or watch of one name asks for that name
         self.again_at.setdefault(namespace, self.clock() + REVIEW_EVERY)
         return False
 
@@ -2447,8 +2708,8 @@ def review_rules(answer):
         if not isinstance(rule, dict):
             return None
         fields = [rule.get(key) for key in ("verbs", "apiGroups", "resources", "resourceNames")]
-        if any(not isinstance(value or [], list) or not all(isinstance(v, str) for v in value or [])
-               for value in fields):
+        if any(value is not None and not (isinstance(value, list) and all(
+                isinstance(v, str) for v in value)) for value in fields):
             return None
         found.append(tuple(frozenset(value or ()) for value in fields))
     return found
@@ -3050,7 +3311,8 @@ class Events:
     def _write(self, key, item):
         self.tokens -= 1
         self.last_write[key] = self.clock()
-        if self._may("create") is False:  # known, so not asked; a Role granted later is used
+        if self._may("create") is False:  # known, so not asked; kept for a Role granted later
+            self._again(key, item)
             return self._say_once("Events on pod %s are not written: the Role allows no 'create' "
                                   "on 'events' in namespace %s (--rbac prints a Role)"
                                   % (self.pod_name, self.namespace))
