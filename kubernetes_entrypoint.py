@@ -1081,14 +1081,14 @@ def check_http(dep, read):
 
 def network_failure(error):
     """What went wrong, as someone reading `nc` or `wget` output would say it."""
-    import ssl
+    ssl = sys.modules.get("ssl")  # loaded where https is used, and only then can it fail so
     if isinstance(error, socket.timeout):
         return str(error) if "timed out" in str(error) else "timed out"
     if isinstance(error, ConnectionRefusedError):
         return "connection refused"
     if isinstance(error, socket.gaierror):
         return "name not found (%s)" % (error.strerror or error)
-    if isinstance(error, ssl.SSLCertVerificationError):
+    if ssl is not None and isinstance(error, ssl.SSLCertVerificationError):
         return "certificate not trusted (%s)" % clip(one_line(error.verify_message or ""), 200)
     return describe_failure(error)
 

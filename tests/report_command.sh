@@ -1,7 +1,8 @@
 #!/bin/sh
-# The command the entrypoint execs in tests: records its PID, arguments and inherited signal
-# state, written atomically so a test never reads half a report. The status file is read with
-# shell builtins only: a forked helper would see the shell's signals blocked while it forks.
+# The command the entrypoint execs in tests: records its PID, arguments, inherited signal state
+# and how many sockets it inherited, written atomically so a test never reads half a report. The
+# status file is read with shell builtins only: a forked helper would see the shell's signals
+# blocked while it forks (the sockets are counted after it).
 out=$1
 shift
 {
@@ -10,4 +11,5 @@ shift
     while IFS= read -r line; do
         case $line in SigIgn:* | SigBlk:*) echo "$line" ;; esac
     done < /proc/$$/status
+    echo "sockets=$(ls -l /proc/$$/fd | grep -c 'socket:')"  # inherited, still open
 } > "$out.tmp" && mv "$out.tmp" "$out"
