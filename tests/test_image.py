@@ -185,3 +185,46 @@ def test_nothing_is_compiled_at_start(tmp_path):
     result = podman_run(options=verbose, arguments=executable + ["--help"])
     assert result.returncode == 0, result.stderr
     assert compiled_from_source(result.stderr) == []
+
+
+def test_tcp_and_https_dependencies_in_the_image(tmp_path):
+    """http.client and ssl, loaded only for an HTTP dependency, work on the distroless Python."""
+    import socket
+    import ssl
+    import threading
+    import http.server
+    import trustme
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.cert_pem.write_to_path(str(certs / "ca.pem"))
+    readable_by_anyone(certs)
+
+    class Healthy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Healthy)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    try:
+        result = podman_run({
+            "DEPENDENCY_TCP": "127.0.0.1:%d" % listener.getsockname()[1],
+            "DEPENDENCY_HTTP": "https://127.0.0.1:%d/healthz" % server.server_address[1],
+            "ENTRYPOINT_HTTP_CA": "/certs/ca.pem", "COMMAND": PRINT_PID_AND_UID,
+        }, options=["-v", "%s:/certs:ro" % certs])
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout.splitlines()[-1].split() == ["1", "65534"]
+    finally:
+        server.shutdown()
+        listener.close()

@@ -340,3 +340,15 @@ def test_check_and_validate_know_both_kinds(entrypoint, servers):
                                                "HTTP " + server.url()]
     finally:
         listener.close()
+
+
+def test_sigterm_while_an_attempt_hangs_exits_143_promptly(entrypoint, servers):
+    import signal
+    server = web(servers, [OK], hang=30)
+    run = entrypoint(dict(FAST, DEPENDENCY_HTTP=server.url()))
+    wait_for(lambda: server.requests)
+    started = time.monotonic()
+    run.process.send_signal(signal.SIGTERM)
+    assert run.finish() == 143
+    assert time.monotonic() - started < 3  # generous: it takes milliseconds
+    server.hang = 0
