@@ -163,7 +163,8 @@ def read_settings(env):
         fail_fast=true_or_false(env, "ENTRYPOINT_FAIL_FAST", False),
         job_absent_is_done=true_or_false(env, "ENTRYPOINT_JOB_ABSENT_IS_DONE", False),
         job_absent_grace=seconds_setting(env, "ENTRYPOINT_JOB_ABSENT_GRACE", 10, 0, 3600),
-        http_ca=env.get("ENTRYPOINT_HTTP_CA", "").strip(),
+        http_context=http_tls_context(env.get("ENTRYPOINT_HTTP_CA", "").strip()) if env.get(
+            "ENTRYPOINT_HTTP_CA", "").strip() else None,
     )
 
 
@@ -529,17 +530,24 @@ def host_and_port(variable, item, default_port=None, whole=None):
         host, bracket, rest = item[1:].partition("]")
         if not bracket or "[" in host:
             raise ConfigError(variable, "%s has unbalanced brackets (want [IPv6]:port)" % said)
-        if getattr(ip_address(host), "version", 0) != 6:
+        if whole:  # a URL writes a zone's % as %25 (RFC 6874)
+            host = host.replace("%25", "%")
+        address, _, zone = host.partition("%")  # (3.8's ipaddress knows no zone: apart)
+        if getattr(ip_address(address), "version", 0) != 6 or "%" in host and not re.fullmatch(
+                r"[A-Za-z0-9_.-]{1,64}", zone):
             raise ConfigError(variable, "%s: only an IPv6 address goes in brackets" % said)
         port = rest[1:] if rest.startswith(":") else None if not rest else ""
+        port = None if whole and port == "" else port  # `http://[::1]:/`: the default port
     elif "[" in item or "]" in item:
         raise ConfigError(variable, "%s has unbalanced brackets (want [IPv6]:port)" % said)
     elif item.count(":") > 1:
+        address = item.rpartition(":")[0]
         raise ConfigError(variable, "%s: an IPv6 address goes in brackets, e.g. [%s]:5432"
-                          % (said, item.rpartition(":")[0]))
+                          % (said, address) if ip_address(address) is not None else
+                          "%s is not host:port" % said)
     else:
         host, colon, port = item.partition(":")
-        port = port if colon else None
+        port = port if colon and (port or not whole) else None
         if not is_host(host):
             raise ConfigError(variable, "%s: %s is not a host name or address" % (said, shown(host)))
     if port is None and default_port is None:
@@ -556,6 +564,9 @@ def parse_tcp(kind, value, settings):
     deps = []
     for item in split_list(value):
         address = item[len("tcp://"):] if item.lower().startswith("tcp://") else item
+        if "/" in address:
+            raise ConfigError(kind.variable, "%s is not host:port (for a URL, use DEPENDENCY_HTTP)"
+                              % shown(item))
         host, port = host_and_port(kind.variable, address)
         deps.append(Dependency(kind=kind, host=host, port=port, timeout=settings.request_timeout,
                                label=kind.label % address))
@@ -586,7 +597,7 @@ def parse_http(kind, value, settings):
         https = parts.scheme.lower() == "https"
         host, port = host_and_port(kind.variable, parts.netloc, 443 if https else 80, url)
         if https and context is None:
-            context = http_tls_context(settings.http_ca)
+            context = settings.http_context or http_tls_context(None)
         deps.append(Dependency(kind=kind, url=url, host=host, port=port,
                                context=context if https else None,
                                target=(parts.path or "/") + ("?" + parts.query if parts.query else ""),
@@ -1060,13 +1071,20 @@ def check_http(dep, read):
             "User-Agent": "kubernetes-entrypoint/" + __version__, "Accept": "*/*",
             "Connection": "close"})
         response = connection.getresponse()
-        body = response.read(HTTP_BODY_READ)
+        for _ in range(10):  # 1xx (103 Early Hints...) come before the answer; 100 is skipped
+            if not 100 < response.status < 200 or response.status == 101:
+                break
+            response = next_response(response)
+        if 200 <= response.status < 300:
+            return MET  # its body is not waited for
+        try:
+            body = response.read1(HTTP_BODY_READ)  # what has come, not waiting for the rest
+        except (OSError, ValueError, http.client.HTTPException):  # cut short: the status says
+            body = b""
     except (OSError, http.client.HTTPException) as e:
         return not_met("GET failed: %s" % network_failure(e))
     finally:
         connection.close()
-    if 200 <= response.status < 300:
-        return MET
     answer = "%d %s" % (response.status, one_line(response.reason or "")[:60])
     if 300 <= response.status < 400:
         where = one_line(response.getheader("Location") or "nowhere")
@@ -1077,6 +1095,20 @@ def check_http(dep, read):
     piece = " ".join(piece.split())
     return not_met("%s%s" % (answer.strip(), ": " + clip(one_line(piece), HTTP_BODY_SHOWN)
                              if piece else ""))
+
+
+def next_response(informational):
+    """The answer after an informational (1xx) one, read on from where it ended."""
+    import http.client
+    stream = informational.fp
+
+    class Rest:
+        def makefile(self, mode):
+            return stream
+
+    response = http.client.HTTPResponse(Rest(), method="GET")
+    response.begin()
+    return response
 
 
 def network_failure(error):

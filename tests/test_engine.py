@@ -129,11 +129,13 @@ def test_absent_job_counts_as_done_after_the_grace_judged_on_storage(api, capsys
     waiting.run()
     assert time.monotonic() - started >= 0.5
     [(label, why)] = waiting.counted_done
-    assert label == "Job db-sync in namespace default" and why.startswith("counted as done: absent for ")
+    assert label == "Job db-sync in namespace default"
+    assert why.startswith("counted as done: absent for ")
     out = capsys.readouterr().out
-    assert "failed: job not found (deleted, or not created yet); counted as done once absent for 0s " \
-           "(absent is done) ." in out
-    assert "Dependency Job db-sync in namespace default is resolved (counted as done: absent for " in out
+    assert "failed: job not found (deleted, or not created yet); counted as done once absent for " \
+           "0s (absent is done) ." in out
+    assert "Dependency Job db-sync in namespace default is resolved (counted as done: absent " \
+           "for " in out
     last = [r for r in api.requests if r.resource == "jobs"][-1]
     assert "resourceVersion" not in last.query  # the absence that counted was read from storage
 

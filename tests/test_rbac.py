@@ -50,13 +50,19 @@ def test_get_and_list_only_polls_and_nothing_is_refused(api, entrypoint):
     assert "the Role allows no 'create' on 'events'" in run.stdout
 
 
-def test_a_watch_granted_while_waiting_is_used(api):
+def polled_for_want_of_watch(api):
+    """A reader whose Role allows no watch on EndpointSlices, and the collection it polls."""
     api.deny("watch", "endpointslices")
     api.put(k8s.endpoint_slice("db", addresses=(("10.0.0.1", False),)))
     read, now = a_reader(api)
     read.role.review(["default"])
     collection = slices_of(read)
     assert collection.mode == "poll"
+    return read, now, collection
+
+
+def test_a_watch_granted_while_waiting_is_used(api):
+    read, now, collection = polled_for_want_of_watch(api)
     api.allow("watch", "endpointslices")
     now[0] += ke.REVIEW_EVERY - 1
     read.poll(read.end())
@@ -75,11 +81,7 @@ def test_a_watch_granted_while_waiting_is_used(api):
 
 
 def test_a_watch_granted_after_several_reviews_is_used_still(api):
-    api.deny("watch", "endpointslices")
-    api.put(k8s.endpoint_slice("db", addresses=(("10.0.0.1", False),)))
-    read, now = a_reader(api)
-    read.role.review(["default"])
-    collection = slices_of(read)
+    read, now, collection = polled_for_want_of_watch(api)
     for _ in range(3):  # reviewed again, nothing changed: asked again later all the same
         now[0] += ke.REVIEW_EVERY
         read.poll(read.end())
