@@ -1066,6 +1066,7 @@ def check_http(dep, read):
                               http.client.HTTPConnection)
     connection = make(dep.host, dep.port, **({"context": dep.context} if dep.context else {}))
     connection.deadline = time.monotonic() + dep.timeout
+    response = None
     try:
         connection.request("GET", dep.target, headers={
             "User-Agent": "kubernetes-entrypoint/" + __version__, "Accept": "*/*",
@@ -1084,6 +1085,8 @@ def check_http(dep, read):
     except (OSError, http.client.HTTPException) as e:
         return not_met("GET failed: %s" % network_failure(e))
     finally:
+        if response is not None:
+            response.close()  # its socket with it: none is left for the command
         connection.close()
     answer = "%d %s" % (response.status, one_line(response.reason or "")[:60])
     if 300 <= response.status < 400:
@@ -1100,7 +1103,7 @@ def check_http(dep, read):
 def next_response(informational):
     """The answer after an informational (1xx) one, read on from where it ended."""
     import http.client
-    stream = informational.fp
+    stream, informational.fp = informational.fp, None  # the next answer's now: not closed with it
 
     class Rest:
         def makefile(self, mode):
