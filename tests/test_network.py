@@ -28,6 +28,16 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def stop_listening(sock):
+    """Close a listening socket and wake the thread accepting on it: no thread is left behind
+    (a later test sending this process a signal must not find it there)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    sock.close()
+
+
 class Listener:
     """A TCP port that accepts connections (and closes them) once listen() is called."""
 
@@ -53,7 +63,7 @@ class Listener:
             conn.close()
 
     def close(self):
-        self.sock.close()
+        stop_listening(self.sock)
 
 
 class Web:
@@ -62,6 +72,7 @@ class Web:
 
     def __init__(self, answers, tls=None, hang=0):
         web, self.answers, self.requests, self.hang = self, list(answers), [], hang
+        self.closed = threading.Event()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -69,7 +80,7 @@ class Web:
             def do_GET(self):
                 web.requests.append((self.path, dict(self.headers)))
                 if web.hang:
-                    time.sleep(web.hang)
+                    web.closed.wait(web.hang)  # cut short by close(): no thread left asleep
                 status, headers, body = web.answers[0] if len(web.answers) == 1 \
                     else web.answers.pop(0)
                 self.send_response(status)
@@ -93,6 +104,7 @@ class Web:
         return "%s://127.0.0.1:%d%s" % (scheme, self.port, path)
 
     def close(self):
+        self.closed.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -294,7 +306,7 @@ def test_an_answer_that_never_ends_is_bounded(entrypoint, status):
                 in run.stderr
     finally:
         stop.set()
-        sock.close()
+        stop_listening(sock)
 
 
 # Bad values, --check and --validate -------------------------------------------------------------
@@ -369,7 +381,7 @@ def test_informational_answers_before_the_final_one(entrypoint):
     try:
         entrypoint(dict(FAST, DEPENDENCY_HTTP=url)).assert_execd()
     finally:
-        sock.close()
+        stop_listening(sock)
 
 
 def test_a_status_with_a_body_that_never_ends_is_the_reason(entrypoint):
@@ -380,7 +392,7 @@ def test_a_status_with_a_body_that_never_ends_is_the_reason(entrypoint):
         assert run.finish() == 1
         assert "still unmet: HTTP %s: 503 Service Unavailable: not ready\n" % url in run.stderr
     finally:
-        sock.close()
+        stop_listening(sock)
 
 
 def test_check_and_validate_know_both_kinds(entrypoint, servers):

@@ -263,8 +263,8 @@ def test_stop_signal_while_the_temporary_file_is_created_leaves_none(tmp_path, m
 
     def open_then_signal(path, *args, **kwargs):
         fd = real_open(path, *args, **kwargs)
-        if str(path).endswith(".tmp"):
-            os.kill(os.getpid(), signal.SIGTERM)
+        if str(path).endswith(".tmp"):  # to this thread: as in the entrypoint, where every other
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # thread blocks it
         return fd
 
     previous = signal.signal(signal.SIGTERM, ke.on_stop_signal)
