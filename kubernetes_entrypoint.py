@@ -1300,8 +1300,9 @@ class Probes:
         self.done = threading.Condition()
 
     def start(self, entry):
+        """An attempt for the entry, unless one is under way or its verdict not taken yet."""
         with self.done:
-            if id(entry) in self.running:
+            if id(entry) in self.running or id(entry) in self.finished:
                 return
             self.running.add(id(entry))
         thread = threading.Thread(target=self._attempt, args=(entry,), name="probe", daemon=True)
@@ -1378,6 +1379,9 @@ class Waiting:
         next_round = self.clock() + self.interval * (0.1 + 0.9 * self.random())
         while True:
             raise_if_stopped()
+            for entry, verdict in self.probes.take():  # before new attempts: none is lost
+                if entry in self.pending:
+                    self._judge(entry, verdict)
             for entry in list(self.pending):
                 reads = entry.reads
                 if entry.dep.kind.in_thread:
@@ -1387,9 +1391,6 @@ class Waiting:
                 elif reads is None or reads & changed or new_round and (
                         not reads or EVERY_ROUND in reads) or self._absence_due(entry):
                     self._check(entry)
-            for entry, verdict in self.probes.take():
-                if entry in self.pending:
-                    self._judge(entry, verdict)
             if not self.pending:
                 return
             now = self.clock()

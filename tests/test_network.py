@@ -425,3 +425,19 @@ def test_sigterm_while_an_attempt_hangs_exits_143_promptly(entrypoint, servers):
     assert run.finish() == 143
     assert time.monotonic() - started < 3  # generous: it takes milliseconds
     server.hang = 0
+
+
+def test_a_verdict_not_taken_yet_is_never_replaced():
+    """A finished attempt's verdict waits for the engine: no new attempt replaces it (a met TCP
+    dependency whose listener then went away would be lost)."""
+    listener = Listener().listen()
+    [dep] = parse({"DEPENDENCY_TCP": "127.0.0.1:%d" % listener.port})
+    entry = type("Entry", (), {"dep": dep})()
+    probes = ke.Probes()
+    probes.start(entry)
+    wait_for(lambda: not probes.running)
+    listener.close()
+    probes.start(entry)  # a new round before the engine took the verdict
+    assert not probes.running
+    [(taken, verdict)] = probes.take()
+    assert taken is entry and verdict.met
