@@ -133,6 +133,7 @@ def check_custom_resource_name(variable, name):
 def read_settings(env):
     """The variables besides the dependencies; NAMESPACE falls back to the service account's."""
     refuse_unknown(env, "ENTRYPOINT_", [name for name, _ in SETTINGS_HELP], "not a setting")
+    http_ca = env.get("ENTRYPOINT_HTTP_CA", "").strip()
     sa_dir = env.get("ENTRYPOINT_SERVICEACCOUNT_DIR", "").strip() or DEFAULT_SERVICEACCOUNT_DIR
     namespace = env.get("NAMESPACE", "").strip()
     if namespace:
@@ -163,8 +164,7 @@ def read_settings(env):
         fail_fast=true_or_false(env, "ENTRYPOINT_FAIL_FAST", False),
         job_absent_is_done=true_or_false(env, "ENTRYPOINT_JOB_ABSENT_IS_DONE", False),
         job_absent_grace=seconds_setting(env, "ENTRYPOINT_JOB_ABSENT_GRACE", 10, 0, 3600),
-        http_context=http_tls_context(env.get("ENTRYPOINT_HTTP_CA", "").strip()) if env.get(
-            "ENTRYPOINT_HTTP_CA", "").strip() else None,
+        http_context=http_tls_context(http_ca) if http_ca else None,
     )
 
 
@@ -1035,23 +1035,14 @@ def check_socket(dep, read):
 def check_tcp(dep, read):
     """A TCP connection to the host and port succeeds, to any address the name resolves to (each
     tried in turn); it is closed at once, nothing sent. All within the request timeout."""
-    deadline, failures = time.monotonic() + dep.timeout, []
+    failures = []
     try:
-        found = addresses(dep.host, dep.port, deadline)
+        connect_before(time.monotonic() + dep.timeout, (dep.host, dep.port), failures).close()
     except OSError as e:
-        return not_met("cannot connect to %s: %s" % (dep.host, network_failure(e)))
-    for family, kind, protocol, _, socket_address in found:
-        where = ("[%s]:%d" if family == socket.AF_INET6 else "%s:%d") % socket_address[:2]
-        try:
-            with socket.socket(family, kind, protocol) as sock:
-                sock.settimeout(time_left(deadline, "connection"))
-                sock.connect(socket_address)
-            return MET
-        except OSError as e:
-            failures.append("%s: %s" % (where, network_failure(e)))
-            if time.monotonic() >= deadline:
-                break
-    return not_met("cannot connect to %s" % "; to ".join(failures or ["it: no address"]))
+        return not_met("cannot connect to %s" % "; to ".join(
+            "%s: %s" % (where, network_failure(error))
+            for where, error in failures or [(dep.host, e)]))  # none tried: the lookup failed
+    return MET
 
 
 HTTP_BODY_READ = 4096  # bytes of an answer's body read (a piece is shown in the reason)
@@ -2334,6 +2325,11 @@ class Collection:
         reader.tell(self.key)
 
 
+# The verbs each mode of a collection asks for: a watch lists first, a poll lists, a read by name
+# gets; the first is what one read of it is.
+MODE_VERBS = {"watch": ("list", "watch"), "poll": ("list",), "get": ("get",)}
+
+
 class ApiReader:
     """The read interface of the checks (get, list, resource_for); what the engine drives."""
     def __init__(self, client, interval=POLL_INTERVAL, watch=True, clock=time.monotonic, once=False):
@@ -2508,12 +2504,11 @@ class ApiReader:
                              collection.resource, collection.namespace, collection.name)
 
     def _use_the_role(self, collection, upgrade=False):
-        """Make the mode the best the Role allows: what it refuses is not asked (a watch needs list
-        and watch, a poll list, a read by name get); after a review, what it now allows for sure
-        (`upgrade`) is used. Said once: what is missing and what it costs."""
-        needs = {"watch": ("list", "watch"), "poll": ("list",), "get": ("get",)}
+        """Make the mode the best the Role allows: what it refuses is not asked (MODE_VERBS);
+        after a review, what it now allows for sure (`upgrade`) is used. Said once: what is
+        missing and what it costs."""
         rank = ["get", "poll", "watch"] if collection.name else ["poll", "watch"]
-        answers = {mode: [self.may(verb, collection) for verb in needs[mode]] for mode in rank}
+        answers = {mode: [self.may(verb, collection) for verb in MODE_VERBS[mode]] for mode in rank}
         best = collection.mode
         while False in answers[best] and best != rank[0]:
             best = rank[rank.index(best) - 1]
@@ -2525,7 +2520,7 @@ class ApiReader:
         if False in answers[best]:
             self.change_mode(collection, best, "not allowed", "the Role allows no %s on %s: it is "
                              "not read; grant get, list and watch (--rbac prints a Role)" % (
-                                 " or ".join(needs[best]), collection.describe()))
+                                 " or ".join(MODE_VERBS[best]), collection.describe()))
         elif rank.index(best) < rank.index(collection.mode):
             self.change_mode(collection, best, "no " + collection.mode, (
                 "the Role allows no %s on %s: polling it%s every %gs instead; grant get, list and "
@@ -2535,14 +2530,14 @@ class ApiReader:
         elif best != collection.mode:
             self.watch_refused.discard(collection.path)
             self.change_mode(collection, best, "allowed " + best, "the Role now allows %s on %s: "
-                             "%s it" % (" and ".join(needs[best]), collection.describe(),
+                             "%s it" % (" and ".join(MODE_VERBS[best]), collection.describe(),
                                         "watching" if best == "watch" else "listing"))
 
     def refresh(self, collection, fresh=False):
         """Read the collection once (from storage if `fresh`); True if what checks see changed."""
         try:
             sent = self.clock()
-            verb = {"watch": "list", "poll": "list", "get": "get"}.get(collection.mode)
+            verb = MODE_VERBS.get(collection.mode, (None,))[0]  # what a read is (not discovery)
             if verb and self.may(verb, collection) is False:  # known, so not asked
                 raise ApiError(403, "the Role allows no %s on %s (its rules review says so)"
                                % (verb, collection.describe()), "NotAllowed")
@@ -2561,7 +2556,7 @@ class ApiReader:
                                  "'list' and 'watch' to react at once" % collection.describe())
                 return self.refresh(collection)
             if e.status == 403 and e.reason != "NotAllowed":  # (that one was said: not sent)
-                verb = "list" if collection.mode in ("watch", "poll") else "get"
+                verb = MODE_VERBS.get(collection.mode, ("get",))[0]
                 self.say_once((verb, collection.path), self.refusal(verb, collection))
             collection.failures += 1
             collection.next_refresh = self.clock() + backoff(collection.failures, self.interval,
@@ -3122,8 +3117,9 @@ def addresses(host, port, deadline):
     return lookup.answer
 
 
-def connect_before(deadline, address):
-    """A TCP connection to (host, port), lookup included, before `deadline`."""
+def connect_before(deadline, address, failures=None):
+    """A TCP connection to (host, port), lookup included, before `deadline`: each address it
+    resolves to tried in turn until then, each failure put in `failures` as ("addr:port", error)."""
     host, port = address
     failure = None
     for family, kind, protocol, _, socket_address in addresses(host, port, deadline):
@@ -3136,6 +3132,11 @@ def connect_before(deadline, address):
         except OSError as e:
             sock.close()
             failure = e
+            if failures is not None:
+                failures.append((("[%s]:%d" if family == socket.AF_INET6 else "%s:%d")
+                                 % socket_address[:2], e))
+            if time.monotonic() >= deadline:
+                break
     raise failure or OSError("no address for %s" % host)
 
 
